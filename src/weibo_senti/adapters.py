@@ -1,0 +1,95 @@
+"""Bottleneck adapters (Houlsby/Pfeiffer style) added to GPT-2 blocks through forward hooks.
+
+We do not copy or subclass GPT2Block: each block gets a ModuleDict of adapters and a forward
+hook that adds ``up(act(down(h)))`` to the block's output, so the module keeps working across
+transformers releases. AdapterHub's ``adapters`` would do this, but it pins a transformers
+release with CVE-2026-4372.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .errors import UserError
+
+ATTR = "senti_adapters"  # name of the ModuleDict on each block
+
+
+class BottleneckAdapter(nn.Module):
+    """hidden → size → hidden with a residual; ``up`` starts at zero, so at first it is identity."""
+
+    def __init__(self, hidden_size: int, size: int = 64):
+        super().__init__()
+        self.down = nn.Linear(hidden_size, size)
+        self.act = nn.GELU()
+        self.up = nn.Linear(size, hidden_size)
+        nn.init.normal_(self.down.weight, std=0.02)
+        nn.init.zeros_(self.down.bias)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return hidden + self.up(self.act(self.down(hidden)))
+
+
+def blocks(model: nn.Module) -> nn.ModuleList:
+    """The transformer blocks of a GPT-2 style model (``transformer.h``)."""
+    base = getattr(model, "transformer", None) or getattr(model, "base_model", None)
+    h = getattr(base, "h", None)
+    if not isinstance(h, nn.ModuleList):
+        raise UserError("bottleneck adapters need a GPT-2 style model (transformer.h blocks)")
+    return h
+
+
+def _hook(block: nn.Module, args, output):
+    name = getattr(block, "senti_active", None)
+    if name is None:
+        return output
+    adapter = getattr(block, ATTR)[name]
+    if isinstance(output, tuple):  # older transformers returned (hidden, ...)
+        return (adapter(output[0]), *output[1:])
+    return adapter(output)
+
+
+def add_adapter(model: nn.Module, name: str = "default", size: int = 64) -> None:
+    """Add an adapter called ``name`` to every block and make it the active one."""
+    hidden = model.config.n_embd
+    for block in blocks(model):
+        if not hasattr(block, ATTR):
+            block.add_module(ATTR, nn.ModuleDict())
+            block.register_forward_hook(_hook)
+        if name in getattr(block, ATTR):
+            raise UserError(f"adapter '{name}' is already loaded")
+        param = next(block.parameters())
+        getattr(block, ATTR)[name] = BottleneckAdapter(hidden, size).to(param.device)
+    set_active(model, name)
+
+
+def set_active(model: nn.Module, name: str | None) -> None:
+    """Route blocks through adapter ``name``; ``None`` runs the plain base model."""
+    for block in blocks(model):
+        if name is not None and name not in getattr(block, ATTR, {}):
+            raise UserError(f"no adapter '{name}' is loaded")
+        block.senti_active = name
+
+
+def adapter_state_dict(model: nn.Module, name: str = "default") -> dict[str, torch.Tensor]:
+    """Adapter weights keyed ``h.{layer}.{down|up}.{weight|bias}``."""
+    out = {}
+    for i, block in enumerate(blocks(model)):
+        for k, v in getattr(block, ATTR)[name].state_dict().items():
+            out[f"h.{i}.{k}"] = v
+    return out
+
+
+def load_adapter_state_dict(model: nn.Module, state: dict[str, torch.Tensor], name: str) -> None:
+    for i, block in enumerate(blocks(model)):
+        prefix = f"h.{i}."
+        sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        getattr(block, ATTR)[name].load_state_dict(sub, strict=True)
+
+
+def adapter_parameters(model: nn.Module, name: str = "default"):
+    for block in blocks(model):
+        yield from getattr(block, ATTR)[name].parameters()

@@ -1,0 +1,265 @@
+"""Reading labelled and unlabelled text files (CSV, TSV, JSONL, TXT) robustly, and splitting them."""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import UserError
+
+log = logging.getLogger("weibo_senti")
+
+LABELS = ["negative", "positive"]
+LABELS_ZH = ["负面", "正面"]
+EMOTICON = re.compile(r"\[[^\[\]]{1,8}\]")
+# More than this share of rows with labels other than 0/1 means the file uses another scheme.
+MAX_BAD_LABEL_SHARE = 0.1
+
+csv.field_size_limit(2**31 - 1)  # huge texts are truncated at tokenization, not refused here
+
+
+def strip_emoticons(text: str) -> str:
+    """Remove Weibo emoticon tokens such as [哈哈]: weibo_senti_100k's labels come from them."""
+    return EMOTICON.sub("", text)
+
+
+@dataclass
+class Examples:
+    texts: list[str]
+    labels: list[int] | None
+    source: str = ""
+    extra: dict[str, list[str]] = field(default_factory=dict)  # other columns, kept for output
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def subset(self, idx) -> Examples:
+        labels = None if self.labels is None else [self.labels[i] for i in idx]
+        extra = {k: [v[i] for i in idx] for k, v in self.extra.items()}
+        return Examples([self.texts[i] for i in idx], labels, self.source, extra)
+
+
+def decode(raw: bytes, path: Path, encoding: str | None = None) -> str:
+    """UTF-8 (BOM or not), UTF-16 with BOM, GBK/GB18030; or exactly ``encoding``."""
+    if encoding:
+        try:
+            return raw.decode(encoding)
+        except (UnicodeDecodeError, LookupError) as e:
+            raise UserError(f"{path}: cannot decode as {encoding}: {e}") from None
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return raw.decode("utf-16")
+    for enc in ("utf-8-sig", "gb18030"):
+        try:
+            return raw.decode(enc)
+        except UnicodeDecodeError:
+            pass
+    from charset_normalizer import from_bytes
+
+    best = from_bytes(raw).best()
+    if best is None:
+        raise UserError(f"{path}: unknown text encoding; pass --encoding (e.g. utf-8, gbk)")
+    log.warning(
+        "%s: decoded as %s (guessed); pass --encoding if that is wrong", path, best.encoding
+    )
+    return str(best)
+
+
+def _rows(text: str, path: Path):
+    """Yield (line_number, dict or None-if-unparsable, header) for CSV/TSV/JSONL text."""
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".json", ".ndjson"):
+        for n, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError:
+                obj = None
+            yield n, obj if isinstance(obj, dict) else None
+        return
+    first = text.split("\n", 1)[0]
+    delimiter = "\t" if suffix == ".tsv" or ("\t" in first and "," not in first) else ","
+    reader = csv.reader(text.splitlines(keepends=True), delimiter=delimiter)
+    try:
+        header = [h.strip() for h in next(reader)]
+    except StopIteration:
+        raise UserError(f"{path} is empty") from None
+    yield 0, header  # the header, so callers can name missing columns
+    start = reader.line_num + 1
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error:
+            row = None
+        if row is not None and not any(cell.strip() for cell in row):
+            start = reader.line_num + 1
+            continue  # blank line
+        ok = row is not None and len(row) == len(header)
+        yield start, dict(zip(header, row)) if ok else None
+        start = reader.line_num + 1
+
+
+def _parse_label(value) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return int(value) if value in (0, 1) else None
+    if isinstance(value, str) and value.strip() in ("0", "1", "0.0", "1.0"):
+        return int(float(value))
+    return None
+
+
+def _records(path: Path, encoding: str | None):
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"data file {path} does not exist")
+    text = decode(path.read_bytes(), path, encoding)
+    header = None
+    for n, rec in _rows(text, path):
+        if n == 0:
+            header = rec
+            continue
+        yield n, rec, header
+
+
+def read_labelled(
+    path: str | Path,
+    text_column: str = "review",
+    label_column: str = "label",
+    encoding: str | None = None,
+) -> Examples:
+    """Read a labelled file; bad rows are counted, skipped and reported, never silently lost."""
+    path = Path(path)
+    texts, labels = [], []
+    bad: dict[str, list[int]] = {"unparsable": [], "empty text": [], "label not 0/1": []}
+    bad_values: dict[str, int] = {}
+    total = 0
+    for n, rec, header in _records(path, encoding):
+        if header is not None and total == 0:
+            _require_columns(path, header, [text_column, label_column])
+        total += 1
+        if rec is None:
+            bad["unparsable"].append(n)
+            continue
+        if text_column not in rec or label_column not in rec:
+            bad["unparsable"].append(n)
+            continue
+        text = rec[text_column]
+        label = _parse_label(rec[label_column])
+        if not isinstance(text, str) or not text.strip():
+            bad["empty text"].append(n)
+        elif label is None:
+            bad["label not 0/1"].append(n)
+            key = str(rec[label_column])[:20]
+            bad_values[key] = bad_values.get(key, 0) + 1
+        else:
+            texts.append(text.strip())
+            labels.append(label)
+    if total and len(bad["label not 0/1"]) > MAX_BAD_LABEL_SHARE * total:
+        found = ", ".join(f"{v!r}×{c}" for v, c in sorted(bad_values.items())[:10])
+        raise UserError(
+            f"{path}: labels must be 0 (negative) or 1 (positive), but "
+            f"{len(bad['label not 0/1'])} of {total} rows have others ({found})"
+        )
+    if not texts:
+        raise UserError(f"{path}: no usable rows ({_describe(bad, total)})")
+    _warn_bad(path, bad, total)
+    return Examples(texts, labels, str(path))
+
+
+def read_texts(
+    path: str | Path, text_column: str = "review", encoding: str | None = None
+) -> Examples:
+    """Read texts to predict: .txt (one per line) or a table; every row is kept, in order."""
+    path = Path(path)
+    if path.suffix.lower() == ".txt":
+        if not path.is_file():
+            raise UserError(f"input file {path} does not exist")
+        lines = decode(path.read_bytes(), path, encoding).splitlines()
+        return Examples(lines, None, str(path))
+    texts, bad, extra = [], [], {}
+    column = text_column
+    for n, rec, header in _records(path, encoding):
+        if header is not None and not texts and not bad:
+            column = _pick_text_column(path, header, text_column)
+            extra = {h: [] for h in header if h != column}
+        if rec is not None and column is None:  # JSONL: columns are known per record
+            column = _pick_text_column(path, list(rec), text_column)
+        if rec is None or not isinstance(rec.get(column), str):
+            bad.append(n)
+            texts.append("")
+        else:
+            texts.append(rec[column])
+        for k in extra:
+            extra[k].append("" if rec is None else str(rec.get(k, "")))
+    if bad:
+        log.warning(
+            "%s: %d unparsable rows predicted as empty text (lines %s)",
+            path,
+            len(bad),
+            ", ".join(map(str, bad[:5])),
+        )
+    return Examples(texts, None, str(path), extra)
+
+
+def _pick_text_column(path: Path, columns: list[str], wanted: str) -> str:
+    if wanted in columns:
+        return wanted
+    for alt in ("review", "text", "content"):
+        if alt in columns:
+            return alt
+    if len(columns) == 1:
+        return columns[0]
+    raise UserError(
+        f"{path}: no column '{wanted}' (columns: {', '.join(columns)}); use --text-column"
+    )
+
+
+def _require_columns(path: Path, header: list[str], needed: list[str]) -> None:
+    missing = [c for c in needed if c not in header]
+    if missing:
+        raise UserError(
+            f"{path}: missing column {', '.join(repr(c) for c in missing)} "
+            f"(columns: {', '.join(header)}); use --text-column / --label-column"
+        )
+
+
+def _describe(bad: dict[str, list[int]], total: int) -> str:
+    parts = [f"{k}: {len(v)}" for k, v in bad.items() if v]
+    return f"{total} rows read; " + (", ".join(parts) if parts else "none usable")
+
+
+def _warn_bad(path: Path, bad: dict[str, list[int]], total: int) -> None:
+    lines = sorted(n for v in bad.values() for n in v)
+    if lines:
+        log.warning(
+            "%s: skipped %d of %d rows (%s); first at lines %s",
+            path,
+            len(lines),
+            total,
+            ", ".join(f"{k}: {len(v)}" for k, v in bad.items() if v),
+            ", ".join(map(str, lines[:5])),
+        )
+
+
+def split_dev(examples: Examples, dev_fraction: float, seed: int) -> tuple[Examples, Examples]:
+    """Stratified, seeded split (plain random when a class is too small to stratify)."""
+    from sklearn.model_selection import train_test_split
+
+    idx = list(range(len(examples)))
+    counts = [examples.labels.count(c) for c in (0, 1)]
+    n_dev = max(1, round(dev_fraction * len(idx)))
+    if len(idx) - n_dev < 1:
+        raise UserError(f"{examples.source}: {len(idx)} rows are too few to split off a dev set")
+    stratify = examples.labels if min(counts) >= 2 and n_dev >= 2 else None
+    train_idx, dev_idx = train_test_split(
+        idx, test_size=n_dev, random_state=seed, stratify=stratify
+    )
+    return examples.subset(sorted(train_idx)), examples.subset(sorted(dev_idx))

@@ -1,0 +1,105 @@
+"""Turning texts into model inputs: batched fast tokenization, dynamic padding, length grouping."""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import Sampler
+
+CHARS_PER_TOKEN_CAP = 16  # pre-cut huge texts: no wordpiece token is longer than this
+
+
+def encode(tokenizer, texts: list[str], max_length: int) -> tuple[list[list[int]], list[bool]]:
+    """Token ids ([CLS] text [SEP], at most ``max_length``) and whether each text was cut."""
+    clipped = [t[: max_length * CHARS_PER_TOKEN_CAP] for t in texts]
+    # One token over the limit tells us whether truncation happened, without a second pass.
+    enc = tokenizer(
+        clipped,
+        truncation=True,
+        max_length=max_length + 1,
+        return_token_type_ids=False,  # GPT-2 would add them as token embeddings
+        return_attention_mask=False,
+    )["input_ids"]
+    ids, truncated = [], []
+    for full, orig, clip in zip(enc, texts, clipped):
+        cut = len(full) > max_length or len(orig) > len(clip)
+        ids.append(full[: max_length - 1] + [full[-1]] if len(full) > max_length else full)
+        truncated.append(cut)
+    return ids, truncated
+
+
+def pad_batch(ids: list[list[int]], pad_id: int, labels: list[int] | None = None) -> dict:
+    """Right-pad to the longest in the batch; GPT-2 pools the last non-[PAD] token."""
+    width = max(len(x) for x in ids)
+    input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for i, x in enumerate(ids):
+        input_ids[i, : len(x)] = torch.tensor(x)
+        mask[i, : len(x)] = 1
+    batch = {"input_ids": input_ids, "attention_mask": mask}
+    if labels is not None:
+        batch["labels"] = torch.tensor(labels, dtype=torch.long)
+    return batch
+
+
+class EncodedDataset(torch.utils.data.Dataset):
+    def __init__(self, ids: list[list[int]], labels: list[int]):
+        self.ids, self.labels = ids, labels
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        return self.ids[i], self.labels[i]
+
+
+class Collator:
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def __call__(self, items):
+        ids, labels = zip(*items)
+        return pad_batch(list(ids), self.pad_id, list(labels))
+
+
+class EpochBatchSampler(Sampler[list[int]]):
+    """Seeded per-epoch shuffle; optionally groups similar lengths (less padding).
+
+    Order depends only on (seed, epoch), so a resumed run sees the same batches; ``skip``
+    drops the batches an interrupted epoch already trained on.
+    """
+
+    def __init__(self, lengths, batch_size: int, seed: int, shuffle=True, group_by_length=True):
+        self.lengths = list(lengths)
+        self.batch_size, self.seed = batch_size, seed
+        self.shuffle, self.group_by_length = shuffle, group_by_length
+        self.epoch, self.skip = 0, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def batches(self) -> list[list[int]]:
+        n, bs = len(self.lengths), self.batch_size
+        if not self.shuffle:
+            return [list(range(i, min(i + bs, n))) for i in range(0, n, bs)]
+        g = torch.Generator().manual_seed(self.seed * 1000 + self.epoch)
+        order = torch.randperm(n, generator=g).tolist()
+        if self.group_by_length:
+            # Sort within shuffled chunks of 50 batches, then shuffle the batches themselves.
+            chunk = bs * 50
+            order = [
+                i
+                for s in range(0, n, chunk)
+                for i in sorted(order[s : s + chunk], key=lambda j: self.lengths[j])
+            ]
+        batches = [order[i : i + bs] for i in range(0, n, bs)]
+        if self.group_by_length:
+            perm = torch.randperm(len(batches), generator=g).tolist()
+            batches = [batches[i] for i in perm]
+        return batches
+
+    def __iter__(self):
+        skip, self.skip = self.skip, 0
+        yield from self.batches()[skip:]
+
+    def __len__(self) -> int:
+        return (len(self.lengths) + self.batch_size - 1) // self.batch_size

@@ -1,0 +1,62 @@
+"""Atomic file writes: a crash leaves either the old file or the new one, never half of one."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp_path)`` and then rename the finished file onto ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file normal permissions
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: str | Path, text: str) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def write_json(path: str | Path, obj) -> None:
+    write_text(path, json.dumps(obj, ensure_ascii=False, indent=2) + "\n")
+
+
+def append_jsonl(path: str | Path, obj) -> None:
+    # Appends of one short line are atomic enough: a torn last line is skipped by readers.
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(obj, ensure_ascii=False) + "\n")
+
+
+def replace_dir(tmp_dir: Path, final_dir: Path) -> None:
+    """Swap a finished folder into place; at every instant ``final_dir`` or ``.old`` is whole."""
+    old = final_dir.with_name(final_dir.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final_dir.exists():
+        os.replace(final_dir, old)
+    os.replace(tmp_dir, final_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def move_files_into(src_dir: Path, dst_dir: Path) -> list[str]:
+    """Rename every file of ``src_dir`` into ``dst_dir`` (each rename atomic), then drop src."""
+    names = []
+    for f in sorted(src_dir.iterdir()):
+        os.replace(f, dst_dir / f.name)
+        names.append(f.name)
+    src_dir.rmdir()
+    return names

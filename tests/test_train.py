@@ -1,0 +1,144 @@
+"""The real training recipe on the tiny model: it learns, saves, reloads, resumes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import train_config
+from safetensors.torch import load_file
+
+from weibo_senti import SentimentClassifier, UserError
+from weibo_senti.train import train
+
+METHODS = ["lora", "adapter", "full"]
+
+
+def read_metrics(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_learns_the_task_and_loss_goes_down(trained_runs, method):
+    run = trained_runs[method]
+    results = json.loads((run / "eval_results.json").read_text())
+    assert results["dev"]["accuracy"] >= 0.85, results["dev"]
+    losses = [m["loss"] for m in read_metrics(run) if m["type"] == "train"]
+    assert len(losses) >= 4
+    assert sum(losses[-3:]) / 3 < 0.9 * sum(losses[:3]) / 3, losses
+    evals = [m for m in read_metrics(run) if m["type"] == "eval"]
+    assert [m["epoch"] for m in evals] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_run_folder_is_self_contained(trained_runs, method):
+    run = trained_runs[method]
+    names = {p.name for p in run.iterdir()}
+    assert {
+        "run.json",
+        "hyperparameters.yaml",
+        "metrics.jsonl",
+        "eval_results.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    } <= names
+    weights = "model.safetensors" if method == "full" else "adapter_model.safetensors"
+    assert weights in names
+    assert "checkpoint" not in names  # removed once training finished
+    info = json.loads((run / "run.json").read_text())
+    assert info["complete"] and info["pad_token_id"] == 0 and info["method"] == method
+    if method == "full":
+        assert json.loads((run / "config.json").read_text())["pad_token_id"] == 0
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_saved_run_reloads_to_identical_logits(tiny_base, task_files, tmp_path, method):
+    trained = train(train_config(method, tiny_base, *task_files, tmp_path / "r", epochs=1))
+    texts = ["好好好的人", "差的天", "我你他", "我" * 300]
+    reloaded = SentimentClassifier.load(tmp_path / "r")
+    la, ta = trained.predict_logits(texts)
+    lb, tb = reloaded.predict_logits(texts)
+    assert (la == lb).all()
+    assert ta == tb == [False, False, False, True]
+    # the batched, length-sorted path equals one text at a time
+    single = [reloaded.predict_logits([t])[0][0] for t in texts]
+    assert torch.allclose(torch.tensor(lb), torch.tensor(np.array(single)), atol=1e-5)
+    explicit = SentimentClassifier.load(tmp_path / "r", base_model=str(tiny_base))
+    assert (explicit.predict_logits(texts)[0] == lb).all()
+
+
+def _base_state(tiny_base):
+    from transformers import AutoModelForSequenceClassification
+
+    m = AutoModelForSequenceClassification.from_pretrained(str(tiny_base), num_labels=2)
+    return {k: v for k, v in m.state_dict().items() if not k.startswith("score")}
+
+
+@pytest.mark.parametrize("method", ["lora", "adapter"])
+def test_only_intended_parameters_change(tiny_base, task_files, tmp_path, method):
+    """Base weights stay bit-identical; the method's own weights and the head move."""
+    before = _base_state(tiny_base)
+    clf = train(train_config(method, tiny_base, *task_files, tmp_path / "r", epochs=1))
+    model = clf.model
+    if method == "lora":
+        model = model.get_base_model()
+        state = {
+            k.replace(".base_layer", ""): v
+            for k, v in model.state_dict().items()
+            if "lora_" not in k and "score" not in k
+        }
+    else:
+        state = {
+            k: v
+            for k, v in model.state_dict().items()
+            if "senti_adapters" not in k and not k.startswith("score")
+        }
+    assert set(state) == set(before)
+    for k in before:
+        assert torch.equal(state[k], before[k]), k
+    saved = load_file(str(tmp_path / "r" / "adapter_model.safetensors"))
+    if method == "lora":
+        lora_b = [v for k, v in saved.items() if "lora_B" in k]
+        assert lora_b and all(v.abs().sum() > 0 for v in lora_b)  # B starts at zero
+        assert any("score" in k for k in saved)
+    else:
+        ups = [v for k, v in saved.items() if k.endswith("up.weight")]
+        assert len(ups) == 2 and all(v.abs().sum() > 0 for v in ups)  # up starts at zero
+        assert "score.weight" in saved
+
+
+def test_full_changes_the_base(trained_runs, tiny_base):
+    before = _base_state(tiny_base)
+    after = load_file(str(trained_runs["full"] / "model.safetensors"))
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert len(changed) > 0.9 * len(before)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_resume_after_interruption_matches_uninterrupted(tiny_base, task_files, tmp_path, method):
+    kw = dict(epochs=2, save_steps=7, logging_steps=4)
+    full = train(train_config(method, tiny_base, *task_files, tmp_path / "a", **kw))
+
+    def crash(step):
+        if step == 40:  # mid-epoch 2 (30 steps per epoch), after the checkpoint at 35
+            raise KeyboardInterrupt
+
+    cfg = train_config(method, tiny_base, *task_files, tmp_path / "b", **kw)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, on_step=crash)
+    assert (tmp_path / "b" / "checkpoint").is_dir()
+    with pytest.raises(UserError, match="--resume"):
+        train(cfg)  # refuses to clobber the interrupted run
+    resumed = train(cfg, resume=True)
+    texts = ["好好的人", "差的天", "我你他的了是在"]
+    assert torch.allclose(
+        torch.tensor(full.predict_logits(texts)[0]),
+        torch.tensor(resumed.predict_logits(texts)[0]),
+        atol=1e-5,
+    )
+    steps = [m["step"] for m in read_metrics(tmp_path / "b") if m["type"] == "train"]
+    assert steps == sorted(set(steps))  # no duplicated log lines after the resume
+    with pytest.raises(UserError, match="finished"):
+        train(cfg, resume=True)
