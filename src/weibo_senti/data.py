@@ -184,24 +184,24 @@ def read_texts(
             raise UserError(f"input file {path} does not exist")
         lines = decode(path.read_bytes(), path, encoding).splitlines()
         return Examples(lines, None, str(path))
-    texts, bad, extra = [], [], {}
-    column = text_column
-    for n, rec, header in _records(path, encoding):
-        if header is not None and not texts and not bad:
-            column = _pick_text_column(path, header, text_column)
-            extra = {h: [] for h in header if h != column}
-        if rec is not None and column is None:  # JSONL: columns are known per record
-            column = _pick_text_column(path, list(rec), text_column)
-        if rec is None or not isinstance(rec.get(column), str):
+    records, header = [], None
+    for n, rec, head in _records(path, encoding):
+        records.append((n, rec))
+        header = head
+    columns = header or next((list(r) for _, r in records if r), [text_column])
+    column = _pick_text_column(path, columns, text_column)
+    extra = {c: [] for c in columns if c != column}
+    texts, bad = [], []
+    for n, rec in records:
+        ok = rec is not None and isinstance(rec.get(column), str)
+        texts.append(rec[column] if ok else "")
+        if not ok:
             bad.append(n)
-            texts.append("")
-        else:
-            texts.append(rec[column])
-        for k in extra:
-            extra[k].append("" if rec is None else str(rec.get(k, "")))
+        for c in extra:
+            extra[c].append("" if rec is None else str(rec.get(c, "")))
     if bad:
         log.warning(
-            "%s: %d unparsable rows predicted as empty text (lines %s)",
+            "%s: %d unparsable rows kept as empty texts (lines %s)",
             path,
             len(bad),
             ", ".join(map(str, bad[:5])),

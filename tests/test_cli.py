@@ -1,0 +1,244 @@
+"""The `weibo-senti` command end to end, as a user runs it, for every method."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import FAST
+
+from weibo_senti.cli import app
+
+METHODS = ["lora", "adapter", "full"]
+# Texts as long as the synthetic task's (12 characters), made only of sentiment characters.
+POS = "好棒喜爱赞乐美好棒喜爱赞"
+NEG = "差坏烂恨糟怒哭差坏烂恨糟"
+
+
+def cli(*args, input=None):
+    """Run the real console entry point in a subprocess-free way, returning (code, out, err)."""
+    from typer.testing import CliRunner
+
+    from weibo_senti.errors import UserError
+
+    runner = CliRunner()
+    try:
+        r = runner.invoke(app, [str(a) for a in args], input=input, catch_exceptions=False)
+    except UserError as e:  # what main() turns into "error: ..." and exit code 2
+        return 2, "", f"error: {e}"
+    return r.exit_code, r.stdout, r.stderr
+
+
+@pytest.fixture(scope="module")
+def cli_runs(tmp_path_factory, tiny_base, task_files):
+    root = tmp_path_factory.mktemp("cli")
+    train, dev = task_files
+    runs = {}
+    for method in METHODS:
+        out = root / method
+        extra = [x for k, v in FAST[method].items() for x in (f"--{k.replace('_', '-')}", v)]
+        code, _, err = cli(
+            "train",
+            "--method",
+            method,
+            "--data",
+            train,
+            "--dev-data",
+            dev,
+            "--base-model",
+            tiny_base,
+            "--out",
+            out,
+            "--epochs",
+            4,
+            "--max-length",
+            40,
+            "--warmup-ratio",
+            0,
+            *extra,
+        )
+        assert code == 0, err
+        runs[method] = out
+    return runs
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_evaluate_json(cli_runs, task_files, method):
+    code, out, err = cli("evaluate", cli_runs[method], "--data", task_files[1], "--json")
+    assert code == 0, err
+    m = json.loads(out)
+    assert m["accuracy"] > 0.85 and m["n"] == 160
+    assert set(m) >= {"accuracy", "macro_f1", "loss", "per_class", "confusion_matrix"}
+    assert sum(map(sum, m["confusion_matrix"])) == 160
+    code, out, _ = cli("evaluate", cli_runs[method], "--data", task_files[1])
+    assert "macro-F1" in out and "confusion" in out
+
+
+def test_evaluate_strip_emoticons_changes_input(cli_runs, tmp_path):
+    data = tmp_path / "e.csv"
+    data.write_text("label,review\n1,[好好好好]我\n0,[差差差差]我\n", encoding="utf-8")
+    _, with_e, _ = cli("evaluate", cli_runs["full"], "--data", data, "--json")
+    _, without, _ = cli("evaluate", cli_runs["full"], "--data", data, "--json", "--strip-emoticons")
+    assert json.loads(without)["strip_emoticons"] is True
+    assert json.loads(with_e)["loss"] != json.loads(without)["loss"]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_predict_text_and_json(cli_runs, method):
+    code, out, _ = cli("predict", cli_runs[method], "--text", POS)
+    assert code == 0
+    assert out.startswith("预测结果: 正面情感 (置信度: 0.")
+    code, out, _ = cli("predict", cli_runs[method], "--text", NEG, "--text", "", "--json")
+    first, second = [json.loads(line) for line in out.splitlines()]
+    assert first["label"] == "negative" and first["label_zh"] == "负面"
+    assert abs(sum(first["probabilities"].values()) - 1) < 1e-5
+    assert second["label"] is None  # empty text is answered, not guessed
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_predict_batch_file(cli_runs, tmp_path, suffix):
+    inp = tmp_path / "posts.csv"
+    inp.write_text(
+        "id,review\n1," + POS + "\n2," + NEG + "\n3,\n4," + "我" * 500 + "\n", encoding="utf-8"
+    )
+    out = tmp_path / f"preds{suffix}"
+    code, _, err = cli("predict", cli_runs["lora"], "--input", inp, "--output", out)
+    assert code == 0, err
+    text = out.read_text(encoding="utf-8")
+    rows = (
+        [json.loads(x) for x in text.splitlines()]
+        if suffix == ".jsonl"
+        else list(csv.DictReader(io.StringIO(text)))
+    )
+    assert [str(r["id"]) for r in rows] == ["1", "2", "3", "4"]
+    assert [r["label"] for r in rows[:3]] == ["positive", "negative", ""]
+    assert str(rows[3]["truncated"]) == "True"
+
+
+def test_predict_bad_output_suffix_is_refused_before_loading(cli_runs, tmp_path):
+    inp = tmp_path / "p.txt"
+    inp.write_text("好\n", encoding="utf-8")
+    code, _, err = cli("predict", cli_runs["lora"], "--input", inp, "--output", tmp_path / "o.xls")
+    assert code == 2 and ".csv, .tsv or .jsonl" in err
+
+
+def test_console(cli_runs):
+    from weibo_senti.predict import SentimentClassifier, console
+
+    clf = SentimentClassifier.load(cli_runs["adapter"])
+    out = io.StringIO()
+    console(clf, stdin=io.StringIO(POS + "\n\n" + "好" * 100 + "\nq\n不会读到\n"), stdout=out)
+    text = out.getvalue()
+    assert text.count("预测结果: 正面情感") == 2
+    assert "输入为空" in text and "已截断" in text and "不会读到" not in text
+    out = io.StringIO()
+    console(clf, stdin=io.StringIO("好\n"), stdout=out)  # Ctrl-D (EOF) ends it too
+    assert "再见" in out.getvalue()
+
+
+def test_console_entry_point_reports_errors_in_one_line(tmp_path):
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from weibo_senti.cli import main; main()",
+            "predict",
+            str(tmp_path / "missing-run"),
+            "--text",
+            "好",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        f"error: run folder {tmp_path / 'missing-run'} does not exist"
+    ]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_corrupt_or_missing_weights_are_named(cli_runs, tmp_path, method):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(cli_runs[method], run)
+    weights = run / ("model.safetensors" if method == "full" else "adapter_model.safetensors")
+    weights.write_bytes(b"not a safetensors file")
+    code, _, err = cli("predict", run, "--text", "好")
+    assert code == 2 and "corrupt" in err and weights.name in err
+    weights.unlink()
+    code, _, err = cli("predict", run, "--text", "好")
+    assert code == 2 and "missing" in err and weights.name in err
+    (run / "run.json").write_text("{not json", encoding="utf-8")
+    code, _, err = cli("predict", run, "--text", "好")
+    assert code == 2 and "run.json" in err
+
+
+def test_pad_id_mismatch_is_refused(cli_runs, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(cli_runs["full"], run)
+    info = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**info, "pad_token_id": 5}))
+    code, _, err = cli("predict", run, "--text", "好")
+    assert code == 2 and "pad" in err
+
+
+def test_train_refuses_to_overwrite_and_reports_bad_options(cli_runs, task_files, tiny_base):
+    code, _, err = cli(
+        "train",
+        "--method",
+        "lora",
+        "--data",
+        task_files[0],
+        "--base-model",
+        tiny_base,
+        "--out",
+        cli_runs["lora"],
+    )
+    assert code == 2 and "--resume" in err and "--overwrite" in err
+    code, _, err = cli("train", "--method", "prefix", "--out", "x")
+    assert code == 2 and "lora, adapter, full" in err
+
+
+def test_train_with_config_file_and_split(tmp_path, tiny_base, task_files):
+    cfg = tmp_path / "hp.yaml"
+    cfg.write_text(
+        f"method: adapter\nepochs: 1\nadapter_size: 8\nbase_model: {tiny_base}\n"
+        "max_length: 32\nlr: 0.003\n",
+        encoding="utf-8",
+    )
+    out = tmp_path / "run"
+    code, _, err = cli(
+        "train", "--config", cfg, "--data", task_files[0], "--out", out, "--epochs", 2
+    )
+    assert code == 0, err
+    import yaml
+
+    saved = yaml.safe_load((out / "hyperparameters.yaml").read_text())
+    assert saved["method"] == "adapter" and saved["epochs"] == 2 and saved["adapter_size"] == 8
+    results = json.loads((out / "eval_results.json").read_text())
+    assert results["dev"]["n"] == 48  # 10% of 480, split off because no --dev-data
+
+
+def test_resume_through_cli(tmp_path, tiny_base, task_files):
+    from conftest import train_config
+
+    from weibo_senti.train import train
+
+    cfg = train_config("lora", tiny_base, *task_files, tmp_path / "r", epochs=2, save_steps=10)
+
+    def crash(step):
+        if step == 45:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, on_step=crash)
+    code, out, err = cli("train", "--resume", "--out", tmp_path / "r")
+    assert code == 0, err
+    assert json.loads((tmp_path / "r" / "run.json").read_text())["complete"]

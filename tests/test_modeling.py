@@ -1,0 +1,83 @@
+"""Methods, parameter counts, the bottleneck adapter, and loading checks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2ForSequenceClassification
+
+from weibo_senti import TrainConfig, UserError, adapters, modeling
+
+
+def gpt2_small_on_meta():
+    config = GPT2Config(
+        vocab_size=21128,
+        n_positions=1024,
+        n_embd=768,
+        n_layer=12,
+        n_head=12,
+        num_labels=2,
+        pad_token_id=0,
+    )
+    with torch.device("meta"):  # counting needs shapes, not memory
+        return GPT2ForSequenceClassification(config)
+
+
+@pytest.mark.parametrize(
+    "method,trainable,total",
+    [
+        # LoRA r=8: per layer c_attn 8*(768+2304) + attn.c_proj 8*(768+768)
+        # + mlp.c_proj 8*(3072+768) = 67,584; x12 + score head 768*2.
+        ("lora", 12 * 67_584 + 1_536, None),
+        # adapter 64: per layer 768*64+64 + 64*768+768 = 99,136; x12 + head.
+        ("adapter", 12 * 99_136 + 1_536, 102_070_272 + 12 * 99_136),
+        ("full", 102_070_272, 102_070_272),
+    ],
+)
+def test_trainable_parameters_of_gpt2_small(method, trainable, total):
+    model = modeling.apply_method(gpt2_small_on_meta(), TrainConfig(method=method))
+    t, a = modeling.count_parameters(model)
+    assert t == trainable
+    if total:
+        assert a == total
+    assert "trainable%" in modeling.describe_parameters(model)
+
+
+def tiny_classifier(tiny_base):
+    tok = modeling.load_tokenizer(tiny_base)
+    return modeling.load_base_classifier(tiny_base, tok), tok
+
+
+def test_base_classifier_pads_with_pad_token(tiny_base):
+    model, tok = tiny_classifier(tiny_base)
+    assert model.config.pad_token_id == tok.pad_token_id == 0
+    assert model.config.id2label == {0: "negative", 1: "positive"}
+
+
+def test_adapter_starts_as_identity_and_can_be_switched_off(tiny_base):
+    model, tok = tiny_classifier(tiny_base)
+    model.eval()
+    x = tok(["好的人", "差"], padding=True, return_tensors="pt", return_token_type_ids=False)
+    before = model(**x).logits
+    adapters.add_adapter(model, "a", 8)
+    assert torch.equal(model(**x).logits, before)  # up-projection starts at zero
+    for block in adapters.blocks(model):
+        torch.nn.init.normal_(block.senti_adapters["a"].up.weight)
+    changed = model(**x).logits
+    assert not torch.allclose(changed, before)
+    adapters.set_active(model, None)
+    assert torch.equal(model(**x).logits, before)
+    adapters.set_active(model, "a")
+    assert torch.equal(model(**x).logits, changed)
+    with pytest.raises(UserError, match="no adapter 'b'"):
+        adapters.set_active(model, "b")
+
+
+def test_tokenizer_that_does_not_fit_the_model_is_refused(tiny_base, tmp_path):
+    from transformers import BertTokenizer
+
+    # The trap: vocab_file= is ignored and a 5-token vocabulary comes out.
+    broken = BertTokenizer(vocab_file=str(tiny_base / "vocab.txt"))
+    model, _ = tiny_classifier(tiny_base)
+    with pytest.raises(UserError, match="do not belong together"):
+        modeling.load_tokenizer_check(broken, model.config)
