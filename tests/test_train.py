@@ -142,3 +142,68 @@ def test_resume_after_interruption_matches_uninterrupted(tiny_base, task_files, 
     assert steps == sorted(set(steps))  # no duplicated log lines after the resume
     with pytest.raises(UserError, match="finished"):
         train(cfg, resume=True)
+
+
+def test_bf16_autocast_trains_on_cpu(tiny_base, task_files, tmp_path):
+    clf = train(
+        train_config("lora", tiny_base, *task_files, tmp_path / "r", epochs=1, precision="bf16")
+    )
+    assert clf.predict(["好"])[0].label in ("negative", "positive")
+    import yaml
+
+    assert (
+        yaml.safe_load((tmp_path / "r" / "hyperparameters.yaml").read_text())["precision"] == "bf16"
+    )
+
+
+def test_fp16_without_cuda_is_a_clear_error(tiny_base, task_files, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA; the error is for CPU-only machines")
+    with pytest.raises(UserError, match="fp16 needs a CUDA GPU"):
+        train(train_config("lora", tiny_base, *task_files, tmp_path / "r", precision="fp16"))
+
+
+def test_corrupt_checkpoint_is_named_on_resume(tiny_base, task_files, tmp_path):
+    cfg = train_config("adapter", tiny_base, *task_files, tmp_path / "r", epochs=2, save_steps=5)
+
+    def crash(step):
+        if step == 7:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, on_step=crash)
+    (tmp_path / "r" / "checkpoint" / "optimizer.pt").write_bytes(b"garbage")
+    with pytest.raises(UserError, match="corrupt checkpoint file .*optimizer.pt"):
+        train(cfg, resume=True)
+    (tmp_path / "r" / "checkpoint" / "trainable.safetensors").write_bytes(b"garbage")
+    with pytest.raises(UserError, match="corrupt weights file .*trainable.safetensors"):
+        train(cfg, resume=True)
+
+
+class Exploit:
+    """A pickle that would create a file when unpickled without weights_only."""
+
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        return (open, (self.target, "w"))
+
+
+def test_pickled_bin_base_is_loaded_only_with_weights_only(tiny_base, tmp_path):
+    import shutil
+
+    from weibo_senti import modeling
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_base, base)
+    (base / "model.safetensors").unlink()
+    pwned = tmp_path / "pwned"
+    torch.save(
+        {"transformer.wte.weight": torch.zeros(2), "x": Exploit(str(pwned))},
+        base / "pytorch_model.bin",
+    )
+    tok = modeling.load_tokenizer(base)
+    with pytest.raises(UserError, match="cannot load base model weights"):
+        modeling.load_base_classifier(base, tok)
+    assert not pwned.exists()

@@ -82,6 +82,12 @@ def train(
     if cfg.precision == "fp16" and not torch.cuda.is_available():
         raise UserError("--precision fp16 needs a CUDA GPU; on a CPU use bf16 or no")
     modeling.quiet_transformers()
+    # Accelerate keeps one global state per process; several train() calls in one process
+    # (tests, method comparisons) may each choose their own precision.
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state()
+    GradientState._reset_state()
     accelerator = Accelerator(mixed_precision=cfg.precision)
     main = accelerator.is_main_process
     out = Path(cfg.out)
