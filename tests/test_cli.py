@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from conftest import FAST
 
@@ -242,3 +243,18 @@ def test_resume_through_cli(tmp_path, tiny_base, task_files):
     code, out, err = cli("train", "--resume", "--out", tmp_path / "r")
     assert code == 0, err
     assert json.loads((tmp_path / "r" / "run.json").read_text())["complete"]
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+@pytest.mark.parametrize("method", METHODS)
+def test_fast_inference_paths_agree_with_fp32(cli_runs, task_files, method, precision):
+    from weibo_senti.data import read_labelled
+    from weibo_senti.predict import SentimentClassifier
+
+    texts = read_labelled(task_files[1]).texts
+    ref = SentimentClassifier.load(cli_runs[method], merge=False).predict_proba(texts)
+    fast = SentimentClassifier.load(cli_runs[method], precision=precision).predict_proba(texts)
+    assert (ref.argmax(1) == fast.argmax(1)).mean() >= 0.97
+    assert np.abs(ref - fast).max() < 0.1
+    code, out, _ = cli("predict", cli_runs[method], "--text", POS, "--precision", precision)
+    assert code == 0 and "正面" in out

@@ -117,6 +117,7 @@ def evaluate(
         bool, Opt(help="Remove emoticons such as 哈哈 in brackets before predicting")
     ] = False,
     batch_size: int = 64,
+    precision: Annotated[str, Opt(help="fp32 | bf16 (autocast) | int8 (dynamic, CPU)")] = "fp32",
     as_json: Annotated[
         bool, Opt("--json", help="Print one JSON object instead of a table")
     ] = False,
@@ -126,7 +127,7 @@ def evaluate(
     from .metrics import render_table
     from .predict import SentimentClassifier
 
-    clf = SentimentClassifier.load(run, base_model=base_model)
+    clf = SentimentClassifier.load(run, base_model=base_model, precision=precision)
     m = run_eval(clf, data, text_column, label_column, encoding, strip_emoticons, batch_size)
     if as_json:
         typer.echo(json.dumps(m, ensure_ascii=False))
@@ -151,6 +152,7 @@ def predict(
     text_column: str = "review",
     encoding: Annotated[str | None, Opt(help="(default: detect)")] = None,
     batch_size: int = 64,
+    precision: Annotated[str, Opt(help="fp32 | bf16 (autocast) | int8 (dynamic, CPU)")] = "fp32",
     as_json: Annotated[bool, Opt("--json", help="Print JSON lines instead of text")] = False,
 ):
     """Classify texts: an interactive console, --text one-shot, or --input batch files."""
@@ -160,7 +162,7 @@ def predict(
         raise UserError("--output needs --input")
     if output is not None:
         serialize([], output)  # refuse a bad suffix before the model loads
-    clf = SentimentClassifier.load(run, base_model=base_model)
+    clf = SentimentClassifier.load(run, base_model=base_model, precision=precision)
     if input is not None:
         rows = predict_file(clf, input, output, text_column, encoding, batch_size)
         if output is None:

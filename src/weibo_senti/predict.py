@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import modeling
+from . import inference, modeling
 from .data import LABELS, LABELS_ZH, Examples, read_texts
 from .errors import UserError
 from .features import encode, pad_batch
@@ -38,8 +38,9 @@ class Prediction:
 class SentimentClassifier:
     """A trained run folder, loaded for prediction."""
 
-    def __init__(self, model, tokenizer, info: dict, run: Path):
+    def __init__(self, model, tokenizer, info: dict, run: Path, precision: str = "fp32"):
         self.model = model.eval()
+        self.precision = precision
         self.tokenizer = tokenizer
         self.info = info
         self.run = run
@@ -47,8 +48,19 @@ class SentimentClassifier:
         self.max_length = int(info["max_length"])
 
     @classmethod
-    def load(cls, run: str | Path, base_model: str | None = None, device: str | None = None):
-        """Load a run folder; lora/adapter runs also need the base (recorded id or ``base_model``)."""
+    def load(
+        cls,
+        run: str | Path,
+        base_model: str | None = None,
+        device: str | None = None,
+        precision: str = "fp32",
+        merge: bool = True,
+    ):
+        """Load a run folder; lora/adapter runs also need the base (recorded id or ``base_model``).
+
+        LoRA is merged into the base weights unless ``merge=False``; ``precision`` "bf16" runs
+        under bf16 autocast, "int8" quantizes the linear layers dynamically (CPU only).
+        """
         modeling.quiet_transformers()
         run = Path(run)
         info = read_run_info(run)
@@ -69,8 +81,9 @@ class SentimentClassifier:
                     f"{run} was trained on a base with {info['base']}, but {base} has {found}"
                 )
         model = modeling.load_trained(run, info["method"], base, tokenizer)
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        return cls(model.to(device), tokenizer, info, run)
+        device = device or ("cuda" if torch.cuda.is_available() and precision != "int8" else "cpu")
+        model = inference.prepare(model.to(device), precision, merge)
+        return cls(model, tokenizer, info, run, precision)
 
     @property
     def device(self) -> torch.device:
@@ -87,7 +100,8 @@ class SentimentClassifier:
             idx = order[s : s + batch_size]
             batch = pad_batch([ids[i] for i in idx], pad)
             batch = {k: v.to(self.device) for k, v in batch.items()}
-            logits[idx] = self.model(**batch).logits.float().cpu().numpy()
+            with inference.autocast(self.precision, self.device):
+                logits[idx] = self.model(**batch).logits.float().cpu().numpy()
         return logits, truncated
 
     def predict_proba(self, texts: list[str], batch_size: int = 64) -> np.ndarray:

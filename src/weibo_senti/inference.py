@@ -1,0 +1,65 @@
+"""Making a loaded classifier fast on a CPU: LoRA merged, optional bf16 autocast or int8 weights."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+
+PRECISIONS = ("fp32", "bf16", "int8")
+
+
+def cpu_has_fast_bf16() -> bool:
+    """bf16 matmuls beat fp32 only with AVX512-BF16 or AMX; elsewhere autocast just adds casts."""
+    try:
+        flags = open("/proc/cpuinfo", encoding="ascii", errors="ignore").read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def merge_lora(model: nn.Module) -> nn.Module:
+    """Fold LoRA into the base weights: one matmul per layer instead of three at inference."""
+    from peft import PeftModel
+
+    return model.merge_and_unload() if isinstance(model, PeftModel) else model
+
+
+def conv1d_to_linear(model: nn.Module) -> nn.Module:
+    """GPT-2's Conv1D is a transposed Linear; dynamic quantization only knows nn.Linear."""
+    from transformers.pytorch_utils import Conv1D
+
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, Conv1D):
+                n_in, n_out = child.weight.shape
+                linear = nn.Linear(n_in, n_out, device=child.weight.device)
+                linear.weight.data = child.weight.data.t().contiguous()
+                linear.bias.data = child.bias.data
+                setattr(parent, name, linear)
+    return model
+
+
+def quantize_int8(model: nn.Module) -> nn.Module:
+    """Dynamic int8 quantization of every Linear (weights int8, activations quantized per call)."""
+    model = conv1d_to_linear(model)
+    return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+
+
+def prepare(model: nn.Module, precision: str = "fp32", merge: bool = True) -> nn.Module:
+    if precision not in PRECISIONS:
+        from .errors import UserError
+
+        raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}")
+    if merge:
+        model = merge_lora(model)
+    if precision == "int8":
+        model = quantize_int8(model.cpu())
+    return model.eval()
+
+
+def autocast(precision: str, device: torch.device):
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
