@@ -1,0 +1,389 @@
+"""Speed benchmark: the seeds' reference procedure against weibo-senti, same model, same texts.
+
+    python benchmarks/bench.py                      # GPT-2 small shape, random weights
+    python benchmarks/bench.py --quick              # a smoke run in a minute
+
+Every phase runs in a fresh process so its peak RSS is its own. The reference procedure is
+re-implemented here as the seeds wrote it: the slow Python BertTokenizer inside
+Dataset.__getitem__, every sample padded to 128, fp32, batch 16, no length grouping, and
+prediction one text at a time, also padded to 128.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import platform
+import random
+import resource
+import statistics
+import time
+from pathlib import Path
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+# ----------------------------------------------------------------------------- shared helpers
+def build_model(args):
+    import torch
+    from transformers import AutoModelForSequenceClassification, GPT2Config
+
+    torch.manual_seed(0)
+    if args.base_model:
+        from weibo_senti import modeling
+
+        tok = modeling.load_tokenizer(args.base_model)
+        return modeling.load_base_classifier(Path(args.base_model), tok)
+    config = GPT2Config(
+        vocab_size=21128,
+        n_positions=1024,
+        n_embd=768,
+        n_layer=12,
+        n_head=12,
+        num_labels=2,
+        pad_token_id=0,
+    )
+    return AutoModelForSequenceClassification.from_config(config)
+
+
+def load_texts(args, n, seed=0):
+    from weibo_senti.data import read_labelled
+
+    ex = read_labelled(args.texts)
+    idx = random.Random(seed).sample(range(len(ex)), n)
+    return [ex.texts[i] for i in idx], [ex.labels[i] for i in idx]
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def fast_tokenizer(args):
+    from weibo_senti.modeling import load_tokenizer
+
+    return load_tokenizer(args.tokenizer)
+
+
+def slow_tokenizer(args):
+    from transformers.models.bert import BertTokenizerLegacy
+
+    tok = BertTokenizerLegacy(vocab_file=str(Path(args.tokenizer) / "vocab.txt"))
+    assert len(tok) == 21128, len(tok)  # the vocab-size trap
+    return tok
+
+
+# ----------------------------------------------------------------------------- training
+def train_phase(args, method, ours, precision="no"):
+    import torch
+    from transformers import get_linear_schedule_with_warmup
+
+    from weibo_senti import TrainConfig, modeling
+    from weibo_senti.features import Collator, EncodedDataset, EpochBatchSampler, encode
+
+    torch.manual_seed(0)
+    cfg = TrainConfig(method=method)
+    model = modeling.apply_method(build_model(args), cfg)
+    model.train()
+    steps = args.warmup_steps + args.train_steps
+    texts, labels = load_texts(args, max(steps * 16, 800))
+    tokenize_s = 0.0
+    if ours:
+        tok = fast_tokenizer(args)
+        t0 = time.perf_counter()
+        ids, _ = encode(tok, texts, cfg.max_length)  # once, batched, fast tokenizer
+        tokenize_s = time.perf_counter() - t0
+        sampler = EpochBatchSampler([len(x) for x in ids], 16, seed=0, group_by_length=True)
+        loader = torch.utils.data.DataLoader(
+            EncodedDataset(ids, labels), batch_sampler=sampler, collate_fn=Collator(0)
+        )
+    else:
+        tok = slow_tokenizer(args)
+
+        class SeedDataset(torch.utils.data.Dataset):  # as in the seeds' scripts
+            def __len__(self):
+                return len(texts)
+
+            def __getitem__(self, i):
+                enc = tok(
+                    texts[i],
+                    padding="max_length",
+                    truncation=True,
+                    max_length=128,
+                    return_tensors="pt",
+                )
+                return {
+                    "input_ids": enc["input_ids"][0],
+                    "attention_mask": enc["attention_mask"][0],
+                    "labels": torch.tensor(labels[i]),
+                }
+
+        loader = torch.utils.data.DataLoader(SeedDataset(), batch_size=16, shuffle=True)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr)
+    sched = get_linear_schedule_with_warmup(opt, 0, 1000)
+    amp = (
+        torch.autocast("cpu", dtype=torch.bfloat16)
+        if precision == "bf16"
+        else torch.autocast("cpu", enabled=False)
+    )
+    times, tokens, it = [], 0, iter(loader)
+    for step in range(steps):
+        t0 = time.perf_counter()
+        batch = next(it)
+        with amp:
+            loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        if step >= args.warmup_steps:
+            times.append(time.perf_counter() - t0)
+            tokens += int(batch["input_ids"].numel())
+    samples = 16 * len(times)
+    return {
+        "samples_per_s": samples / sum(times),
+        "padded_tokens_per_sample": tokens / samples,
+        "tokenize_s": tokenize_s,
+        "n_texts_tokenized": len(texts) if ours else 0,
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+# ----------------------------------------------------------------------------- inference
+def infer_phase(args, ours, precision="fp32"):
+    import numpy as np
+    import torch
+
+    from weibo_senti import inference
+
+    torch.manual_seed(0)
+    model = inference.prepare(build_model(args), precision if ours else "fp32")
+    texts, _ = load_texts(args, args.infer_texts, seed=1)
+    lat_texts = texts[: args.latency_texts]
+    if ours:
+        from weibo_senti.features import encode, pad_batch
+
+        tok = fast_tokenizer(args)
+        ctx = inference.autocast(precision, torch.device("cpu"))
+
+        def batch_predict(batch_texts):
+            ids, _ = encode(tok, batch_texts, 160)
+            order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+            out = np.zeros((len(ids), 2), dtype=np.float32)
+            for s in range(0, len(order), 64):
+                idx = order[s : s + 64]
+                with torch.inference_mode(), ctx:
+                    out[idx] = model(**pad_batch([ids[i] for i in idx], 0)).logits.float().numpy()
+            return out
+    else:
+        tok = slow_tokenizer(args)
+
+        def one(text):  # the seeds' predict(): one text, padded to 128, no_grad
+            enc = tok(
+                text, padding="max_length", truncation=True, max_length=128, return_tensors="pt"
+            )
+            with torch.no_grad():
+                return model(
+                    input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]
+                ).logits.numpy()
+
+        def batch_predict(batch_texts):
+            return np.concatenate([one(t) for t in batch_texts])
+
+    batch_predict(texts[:8])  # warm-up
+    t0 = time.perf_counter()
+    batch_predict(texts)
+    batch_s = time.perf_counter() - t0
+    lat = []
+    for t in lat_texts:
+        t0 = time.perf_counter()
+        batch_predict([t])
+        lat.append(time.perf_counter() - t0)
+    tok_count = sum(
+        len(x) for x in fast_tokenizer(args)(texts, truncation=True, max_length=160)["input_ids"]
+    )
+    q = statistics.quantiles(lat, n=20)
+    return {
+        "samples_per_s": len(texts) / batch_s,
+        "latency_p50_ms": 1000 * statistics.median(lat),
+        "latency_p95_ms": 1000 * q[18],
+        "real_tokens_per_s": tok_count / batch_s,
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+def agreement_phase(args):
+    """fp32 against each fast path, on a *trained* run (random weights give coin-flip labels)."""
+    import numpy as np
+
+    from weibo_senti.predict import SentimentClassifier
+
+    texts, _ = load_texts(args, args.agreement_texts, seed=2)
+    ref = SentimentClassifier.load(args.agreement_run, merge=False).predict_proba(texts)
+    out = {"run": str(args.agreement_run), "n": len(texts)}
+    for name, kw in [
+        ("fp32 merged", {}),
+        ("bf16", {"precision": "bf16"}),
+        ("int8", {"precision": "int8"}),
+    ]:
+        p = SentimentClassifier.load(args.agreement_run, **kw).predict_proba(texts)
+        out[name] = {
+            "label_agreement": float((p.argmax(1) == ref.argmax(1)).mean()),
+            "max_prob_diff": float(np.abs(p - ref).max()),
+        }
+    return out
+
+
+def matmul_peak_gflops() -> float:
+    """The fp32 rate this CPU reaches on a large matmul: the ceiling for the FLOP ratio."""
+    import torch
+
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    for _ in range(3):
+        a @ b
+    t0, n = time.perf_counter(), 10
+    for _ in range(n):
+        a @ b
+    return 2 * 2048**3 * n / (time.perf_counter() - t0) / 1e9
+
+
+# ----------------------------------------------------------------------------- driver
+def _child(queue, fn, args, kw):
+    import os
+
+    os.environ.setdefault("WEIBO_SENTI_NO_PROGRESS", "1")
+    from weibo_senti.modeling import quiet_transformers
+
+    quiet_transformers()
+    queue.put(fn(args, **kw))
+
+
+def isolated(fn, args, **kw):
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=_child, args=(q, fn, args, kw))
+    p.start()
+    result = q.get()
+    p.join()
+    return result
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--base-model", help="a real base instead of random GPT-2 small weights")
+    ap.add_argument("--tokenizer", default=str(SHARED / "models/gpt2-mini-zh"))
+    ap.add_argument("--texts", default=str(SHARED / "data/weibo_senti_100k/dev.csv"))
+    ap.add_argument("--methods", nargs="+", default=["lora", "adapter", "full"])
+    ap.add_argument("--train-steps", type=int, default=6)
+    ap.add_argument("--warmup-steps", type=int, default=1)
+    ap.add_argument("--infer-texts", type=int, default=256)
+    ap.add_argument("--latency-texts", type=int, default=40)
+    ap.add_argument("--agreement-run", default="runs/integration/lora")
+    ap.add_argument("--agreement-texts", type=int, default=2000)
+    ap.add_argument("--quick", action="store_true", help="tiny counts, for a smoke run")
+    ap.add_argument("--out", default="benchmarks/results.json")
+    args = ap.parse_args()
+    if args.quick:
+        args.train_steps, args.infer_texts, args.latency_texts = 2, 32, 8
+        args.agreement_texts = 200
+    import torch
+
+    from weibo_senti.inference import cpu_has_fast_bf16
+
+    res = {
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "fast_bf16": cpu_has_fast_bf16(),
+            "fp32_matmul_gflops": round(matmul_peak_gflops(), 1),
+        },
+        "model": args.base_model or "GPT-2 small shape (12x768, vocab 21,128), random weights",
+        "train": {},
+        "infer": {},
+    }
+    bf16 = ["no", "bf16"] if cpu_has_fast_bf16() else ["no"]
+    for method in args.methods:
+        ref = isolated(train_phase, args, method=method, ours=False)
+        row = {"reference": ref}
+        for prec in bf16:
+            ours = isolated(train_phase, args, method=method, ours=True, precision=prec)
+            ours["speedup"] = ours["samples_per_s"] / ref["samples_per_s"]
+            row[f"ours_{prec}"] = ours
+        res["train"][method] = row
+        print(method, json.dumps(row), flush=True)
+    ref = isolated(infer_phase, args, ours=False)
+    res["infer"]["reference"] = ref
+    for prec in ["fp32", "int8"] + (["bf16"] if cpu_has_fast_bf16() else []):
+        r = isolated(infer_phase, args, ours=True, precision=prec)
+        r["throughput_speedup"] = r["samples_per_s"] / ref["samples_per_s"]
+        r["latency_p50_ratio"] = r["latency_p50_ms"] / ref["latency_p50_ms"]
+        res["infer"][prec] = r
+        print(prec, json.dumps(r), flush=True)
+    # Useful FLOPs: 2 x non-embedding parameters per real (unpadded) token, plus attention.
+    n_layer, d = 12, 768
+    flops_per_token = 2 * 12 * n_layer * d * d + 2 * n_layer * 66 * d  # ~66 tokens/post
+    for prec, r in res["infer"].items():
+        r["useful_gflops"] = r["real_tokens_per_s"] * flops_per_token / 1e9
+        r["share_of_fp32_matmul_peak"] = r["useful_gflops"] / res["machine"]["fp32_matmul_gflops"]
+    if Path(args.agreement_run).is_dir():
+        res["agreement"] = isolated(agreement_phase, args)
+        print("agreement", json.dumps(res["agreement"]), flush=True)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(res, indent=2))
+    print(markdown(res))
+
+
+def markdown(res) -> str:
+    m = res["machine"]
+    lines = [
+        f"Machine: {m['cpu']}, {m['cores']} threads, torch {m['torch']}, "
+        f"AVX512-BF16/AMX: {m['fast_bf16']}, fp32 matmul {m['fp32_matmul_gflops']} GFLOP/s. "
+        f"Model: {res['model']}.",
+        "",
+        "| training (samples/s) | reference | ours fp32 | ratio | ours bf16 | ratio | peak RSS ref / ours (MB) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for method, row in res["train"].items():
+        ref, o = row["reference"], row["ours_no"]
+        b = row.get("ours_bf16")
+        bf = f"{b['samples_per_s']:.2f} | {b['speedup']:.2f}x" if b else "– | –"
+        lines.append(
+            f"| {method} | {ref['samples_per_s']:.2f} | {o['samples_per_s']:.2f} "
+            f"| {o['speedup']:.2f}x | {bf} "
+        )
+        lines[-1] += f"| {ref['peak_rss_mb']:.0f} / {o['peak_rss_mb']:.0f} |"
+    lines += [
+        "",
+        "| inference | samples/s | ratio | p50 ms | p95 ms | p50 ratio | useful GFLOP/s | of fp32 matmul peak | peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in res["infer"].items():
+        ratio = f"{r.get('throughput_speedup', 1):.2f}x"
+        lat = f"{r.get('latency_p50_ratio', 1):.2f}"
+        lines.append(
+            f"| {name} | {r['samples_per_s']:.1f} | {ratio} | {r['latency_p50_ms']:.1f} "
+            f"| {r['latency_p95_ms']:.1f} | {lat} | {r['useful_gflops']:.1f} "
+            f"| {100 * r['share_of_fp32_matmul_peak']:.0f}% | {r['peak_rss_mb']:.0f} |"
+        )
+    if "agreement" in res:
+        a = res["agreement"]
+        lines += [
+            "",
+            f"Agreement with fp32 on {a['n']} dev texts ({a['run']}):",
+            "",
+            "| path | equal labels | max prob. diff |",
+            "|---|---|---|",
+        ]
+        for k, v in a.items():
+            if isinstance(v, dict):
+                lines.append(
+                    f"| {k} | {100 * v['label_agreement']:.2f}% | {v['max_prob_diff']:.4f} |"
+                )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
