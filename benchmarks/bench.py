@@ -325,7 +325,7 @@ def main():
     # Useful FLOPs: 2 x non-embedding parameters per real (unpadded) token, plus attention.
     n_layer, d = 12, 768
     flops_per_token = 2 * 12 * n_layer * d * d + 2 * n_layer * 66 * d  # ~66 tokens/post
-    for prec, r in res["infer"].items():
+    for r in res["infer"].values():
         r["useful_gflops"] = r["real_tokens_per_s"] * flops_per_token / 1e9
         r["share_of_fp32_matmul_peak"] = r["useful_gflops"] / res["machine"]["fp32_matmul_gflops"]
     if Path(args.agreement_run).is_dir():
