@@ -8,11 +8,13 @@ from __future__ import annotations
 import csv
 import os
 import random
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("WEIBO_SENTI_NO_PROGRESS", "1")
+os.environ.setdefault("WEIBO_SENTI_CACHE", tempfile.mkdtemp(prefix="weibo-senti-test-cache-"))
 
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 POSITIVE = list("好棒喜爱赞乐美")

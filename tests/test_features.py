@@ -56,3 +56,17 @@ def test_length_grouping_reduces_padding():
         return sum(len(b) * max(lengths[i] for i in b) for b in s)
 
     assert padded(True) < 0.7 * padded(False)
+
+
+def test_encode_cache_returns_the_same_and_survives_damage(tok, tmp_path):
+    from weibo_senti.features import encode_cached
+
+    texts = ["好差", "好" * 50, "", "我你他"]
+    fresh = encode(tok, texts, 10)
+    assert encode_cached(tok, texts, 10, cache_dir=tmp_path) == fresh
+    (entry,) = tmp_path.iterdir()
+    assert encode_cached(tok, texts, 10, cache_dir=tmp_path) == fresh  # from the cache
+    assert encode_cached(tok, texts, 12, cache_dir=tmp_path) == encode(tok, texts, 12)
+    assert len(list(tmp_path.iterdir())) == 2  # max_length is part of the key
+    entry.write_bytes(b"damaged")
+    assert encode_cached(tok, texts, 10, cache_dir=tmp_path) == fresh

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import torch
 from torch.utils.data import Sampler
 
@@ -24,6 +27,47 @@ def encode(tokenizer, texts: list[str], max_length: int) -> tuple[list[list[int]
         cut = len(full) > max_length or len(orig) > len(clip)
         ids.append(full[: max_length - 1] + [full[-1]] if len(full) > max_length else full)
         truncated.append(cut)
+    return ids, truncated
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """Changes whenever the tokenizer would produce different ids."""
+    vocab = json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False)
+    settings = json.dumps([type(tokenizer).__name__, getattr(tokenizer, "do_lower_case", None)])
+    return hashlib.sha256((vocab + settings).encode()).hexdigest()[:16]
+
+
+def encode_cached(tokenizer, texts: list[str], max_length: int, cache_dir=None):
+    """``encode`` with the result kept on disk per (texts, tokenizer, max_length)."""
+    from safetensors.torch import load_file, save_file
+
+    from .files import atomic_write
+    from .hub import cache_dir as default_cache
+
+    digest = hashlib.sha256()
+    for t in texts:
+        digest.update(t.encode("utf-8", "surrogatepass") + b"\0")
+    digest.update(f"{tokenizer_fingerprint(tokenizer)}|{max_length}".encode())
+    path = (cache_dir or default_cache() / "tokens") / f"{digest.hexdigest()[:32]}.safetensors"
+    if path.is_file():
+        try:
+            t = load_file(str(path))
+            flat, offsets = t["ids"].tolist(), t["offsets"].tolist()
+            ids = [flat[offsets[i] : offsets[i + 1]] for i in range(len(texts))]
+            return ids, [bool(x) for x in t["truncated"].tolist()]
+        except Exception:  # a damaged cache entry is rebuilt, never trusted
+            path.unlink(missing_ok=True)
+    ids, truncated = encode(tokenizer, texts, max_length)
+    lengths = torch.tensor([0] + [len(x) for x in ids])
+    tensors = {
+        "ids": torch.tensor([i for x in ids for i in x], dtype=torch.int32),
+        "offsets": torch.cumsum(lengths, 0),
+        "truncated": torch.tensor(truncated, dtype=torch.uint8),
+    }
+    try:
+        atomic_write(path, lambda tmp: save_file(tensors, str(tmp)))
+    except OSError:
+        pass  # a read-only cache only costs speed
     return ids, truncated
 
 

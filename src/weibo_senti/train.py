@@ -19,7 +19,7 @@ from . import modeling
 from .config import TrainConfig
 from .data import Examples, read_labelled, split_dev
 from .errors import UserError
-from .features import Collator, EncodedDataset, EpochBatchSampler, encode
+from .features import Collator, EncodedDataset, EpochBatchSampler, encode_cached
 from .files import append_jsonl, move_files_into, replace_dir, write_json, write_text
 from .hub import default_data, resolve_base_model
 from .metrics import classification_metrics
@@ -112,8 +112,8 @@ def train(
         )
         log.info(modeling.describe_parameters(model))
 
-    train_ids, _ = encode(tokenizer, train_set.texts, cfg.max_length)
-    dev_ids, _ = encode(tokenizer, dev_set.texts, cfg.max_length)
+    train_ids, _ = encode_cached(tokenizer, train_set.texts, cfg.max_length)
+    dev_ids, _ = encode_cached(tokenizer, dev_set.texts, cfg.max_length)
     sampler = EpochBatchSampler(
         [len(x) for x in train_ids], cfg.batch_size, cfg.seed, group_by_length=cfg.group_by_length
     )
