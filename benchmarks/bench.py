@@ -152,32 +152,35 @@ def train_phase(args, method, ours, precision="no"):
 
 
 # ----------------------------------------------------------------------------- inference
-def infer_phase(args, ours, precision="fp32"):
+def make_run(args, folder: Path) -> Path:
+    """Save the benchmark model as a weibo-senti run, so `ours` is the product's own path."""
+    from weibo_senti import TrainConfig, modeling
+    from weibo_senti.runs import write_run_info
+
+    model = build_model(args)
+    tok = fast_tokenizer(args)
+    modeling.save_weights(model, "full", folder, "bench")
+    tok.save_pretrained(str(folder))
+    write_run_info(folder, TrainConfig(method="full", base_model="bench"), model.config, tok)
+    return folder
+
+
+def infer_phase(args, run, ours, precision="fp32"):
     import numpy as np
     import torch
 
-    from weibo_senti import inference
-
-    torch.manual_seed(0)
-    model = inference.prepare(build_model(args), precision if ours else "fp32")
     texts, _ = load_texts(args, args.infer_texts, seed=1)
-    lat_texts = texts[: args.latency_texts]
     if ours:
-        from weibo_senti.features import encode, pad_batch
+        from weibo_senti.predict import SentimentClassifier
 
-        tok = fast_tokenizer(args)
-        ctx = inference.autocast(precision, torch.device("cpu"))
+        clf = SentimentClassifier.load(run, precision=precision)
 
         def batch_predict(batch_texts):
-            ids, _ = encode(tok, batch_texts, 160)
-            order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-            out = np.zeros((len(ids), 2), dtype=np.float32)
-            for s in range(0, len(order), 64):
-                idx = order[s : s + 64]
-                with torch.inference_mode(), ctx:
-                    out[idx] = model(**pad_batch([ids[i] for i in idx], 0)).logits.float().numpy()
-            return out
+            return clf.predict_logits(batch_texts)[0]
     else:
+        from transformers import AutoModelForSequenceClassification
+
+        model = AutoModelForSequenceClassification.from_pretrained(str(run)).eval()
         tok = slow_tokenizer(args)
 
         def one(text):  # the seeds' predict(): one text, padded to 128, no_grad
@@ -197,7 +200,7 @@ def infer_phase(args, ours, precision="fp32"):
     batch_predict(texts)
     batch_s = time.perf_counter() - t0
     lat = []
-    for t in lat_texts:
+    for t in texts[: args.latency_texts]:
         t0 = time.perf_counter()
         batch_predict([t])
         lat.append(time.perf_counter() - t0)
@@ -314,10 +317,13 @@ def main():
             row[f"ours_{prec}"] = ours
         res["train"][method] = row
         print(method, json.dumps(row), flush=True)
-    ref = isolated(infer_phase, args, ours=False)
+    import tempfile
+
+    run = make_run(args, Path(tempfile.mkdtemp(prefix="bench-run-")))
+    ref = isolated(infer_phase, args, run=run, ours=False)
     res["infer"]["reference"] = ref
     for prec in ["fp32", "int8"] + (["bf16"] if cpu_has_fast_bf16() else []):
-        r = isolated(infer_phase, args, ours=True, precision=prec)
+        r = isolated(infer_phase, args, run=run, ours=True, precision=prec)
         r["throughput_speedup"] = r["samples_per_s"] / ref["samples_per_s"]
         r["latency_p50_ratio"] = r["latency_p50_ms"] / ref["latency_p50_ms"]
         res["infer"][prec] = r
