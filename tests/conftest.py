@@ -103,6 +103,7 @@ def train_config(method, base, train, dev, out, **kw):
         max_length=40,
         logging_steps=5,
         warmup_ratio=0.0,
+        precision="no",  # fp32: exact comparisons, and bf16 only pays off on large models
         **FAST[method],
     )
     values.update(kw)

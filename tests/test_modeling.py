@@ -4,23 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import GPT2Config, GPT2ForSequenceClassification
+from transformers import GPT2ForSequenceClassification
 
 from weibo_senti import TrainConfig, UserError, adapters, modeling
 
 
 def gpt2_small_on_meta():
-    config = GPT2Config(
-        vocab_size=21128,
-        n_positions=1024,
-        n_embd=768,
-        n_layer=12,
-        n_head=12,
-        num_labels=2,
-        pad_token_id=0,
-    )
     with torch.device("meta"):  # counting needs shapes, not memory
-        return GPT2ForSequenceClassification(config)
+        return GPT2ForSequenceClassification(modeling.gpt2_small_config())
 
 
 @pytest.mark.parametrize(
@@ -81,3 +72,14 @@ def test_tokenizer_that_does_not_fit_the_model_is_refused(tiny_base, tmp_path):
     model, _ = tiny_classifier(tiny_base)
     with pytest.raises(UserError, match="do not belong together"):
         modeling.load_tokenizer_check(broken, model.config)
+
+
+def test_auto_precision_follows_the_hardware(monkeypatch):
+    from weibo_senti import inference
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(inference, "cpu_has_fast_bf16", lambda: True)
+    assert inference.resolve("auto", cpu) == "bf16"
+    monkeypatch.setattr(inference, "cpu_has_fast_bf16", lambda: False)
+    assert inference.resolve("auto", cpu) == "fp32"
+    assert inference.resolve("int8", cpu) == "int8"

@@ -57,7 +57,7 @@ def test_run_folder_is_self_contained(trained_runs, method):
 def test_saved_run_reloads_to_identical_logits(tiny_base, task_files, tmp_path, method):
     trained = train(train_config(method, tiny_base, *task_files, tmp_path / "r", epochs=1))
     texts = ["好好好的人", "差的天", "我你他", "我" * 300]
-    reloaded = SentimentClassifier.load(tmp_path / "r", merge=False)
+    reloaded = SentimentClassifier.load(tmp_path / "r", merge=False, precision="fp32")
     la, ta = trained.predict_logits(texts)
     lb, tb = reloaded.predict_logits(texts)
     assert (la == lb).all()
@@ -65,9 +65,11 @@ def test_saved_run_reloads_to_identical_logits(tiny_base, task_files, tmp_path, 
     # the batched, length-sorted path equals one text at a time
     single = [reloaded.predict_logits([t])[0][0] for t in texts]
     assert torch.allclose(torch.tensor(lb), torch.tensor(np.array(single)), atol=1e-5)
-    explicit = SentimentClassifier.load(tmp_path / "r", base_model=str(tiny_base), merge=False)
+    explicit = SentimentClassifier.load(
+        tmp_path / "r", base_model=str(tiny_base), merge=False, precision="fp32"
+    )
     assert (explicit.predict_logits(texts)[0] == lb).all()
-    merged = SentimentClassifier.load(tmp_path / "r")  # LoRA folded into the weights
+    merged = SentimentClassifier.load(tmp_path / "r", precision="fp32")  # LoRA folded in
     assert np.abs(merged.predict_logits(texts)[0] - lb).max() < 1e-4
 
 

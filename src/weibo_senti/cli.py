@@ -61,7 +61,10 @@ def train(
     max_grad_norm: Annotated[float | None, Opt(help="Gradient clipping (default: 1.0)")] = None,
     seed: Annotated[int | None, Opt(help="(default: 42)")] = None,
     precision: Annotated[
-        str | None, Opt(help="Mixed precision: no | bf16 | fp16 (default: no)")
+        str | None,
+        Opt(
+            help="Mixed precision: auto (bf16 on AMX/AVX512-BF16 CPUs and bf16 GPUs) | no | bf16 | fp16 (default: auto)"
+        ),
     ] = None,
     group_by_length: Annotated[
         bool | None,
@@ -116,8 +119,10 @@ def evaluate(
     strip_emoticons: Annotated[
         bool, Opt(help="Remove emoticons such as 哈哈 in brackets before predicting")
     ] = False,
-    batch_size: int = 64,
-    precision: Annotated[str, Opt(help="fp32 | bf16 (autocast) | int8 (dynamic, CPU)")] = "fp32",
+    batch_size: int = 16,
+    precision: Annotated[
+        str, Opt(help="auto (bf16 where fast, else fp32) | fp32 | bf16 | int8 (dynamic, CPU)")
+    ] = "auto",
     as_json: Annotated[
         bool, Opt("--json", help="Print one JSON object instead of a table")
     ] = False,
@@ -151,8 +156,10 @@ def predict(
     ] = None,
     text_column: str = "review",
     encoding: Annotated[str | None, Opt(help="(default: detect)")] = None,
-    batch_size: int = 64,
-    precision: Annotated[str, Opt(help="fp32 | bf16 (autocast) | int8 (dynamic, CPU)")] = "fp32",
+    batch_size: int = 16,
+    precision: Annotated[
+        str, Opt(help="auto (bf16 where fast, else fp32) | fp32 | bf16 | int8 (dynamic, CPU)")
+    ] = "auto",
     as_json: Annotated[bool, Opt("--json", help="Print JSON lines instead of text")] = False,
 ):
     """Classify texts: an interactive console, --text one-shot, or --input batch files."""

@@ -13,7 +13,7 @@ from .hub import DEFAULT_BASE_MODEL
 
 METHODS = ("lora", "adapter", "full")
 DEFAULT_LR = {"lora": 5e-4, "adapter": 1e-3, "full": 2e-5}
-PRECISIONS = ("no", "bf16", "fp16")
+PRECISIONS = ("auto", "no", "bf16", "fp16")
 
 
 @dataclass
@@ -37,7 +37,7 @@ class TrainConfig:
     warmup_ratio: float = 0.1
     max_grad_norm: float = 1.0
     seed: int = 42
-    precision: str = "no"  # mixed precision: no | bf16 | fp16
+    precision: str = "auto"  # mixed precision: auto (bf16 where fast) | no | bf16 | fp16
     group_by_length: bool = True
     logging_steps: int = 50
     save_steps: int = 500  # resumable checkpoint every N steps (and every epoch)

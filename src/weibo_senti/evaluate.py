@@ -18,7 +18,7 @@ def evaluate(
     label_column: str = "label",
     encoding: str | None = None,
     strip: bool = False,
-    batch_size: int = 64,
+    batch_size: int = 16,
 ) -> dict:
     """Metrics of ``clf`` on ``data``; with ``strip`` the [表情] emoticons are removed first."""
     examples = read_labelled(data, text_column, label_column, encoding)

@@ -7,7 +7,7 @@ import contextlib
 import torch
 from torch import nn
 
-PRECISIONS = ("fp32", "bf16", "int8")
+PRECISIONS = ("auto", "fp32", "bf16", "int8")
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -17,6 +17,16 @@ def cpu_has_fast_bf16() -> bool:
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve(precision: str, device: torch.device) -> str:
+    """ "auto": bf16 autocast where the hardware does bf16 fast (it agrees with fp32 on >99.5% of
+    labels, see the benchmark), else fp32."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if cpu_has_fast_bf16() else "fp32"
 
 
 def merge_lora(model: nn.Module) -> nn.Module:

@@ -21,6 +21,21 @@ WEIGHT_FILES = {
 }
 
 
+def gpt2_small_config():
+    """uer/gpt2-chinese-cluecorpussmall's shape (12 x 768, vocab 21,128), for counts and speed."""
+    from transformers import GPT2Config
+
+    return GPT2Config(
+        vocab_size=21128,
+        n_positions=1024,
+        n_embd=768,
+        n_layer=12,
+        n_head=12,
+        num_labels=2,
+        pad_token_id=0,
+    )
+
+
 def quiet_transformers() -> None:
     """transformers warns about uer's out-of-vocabulary bos/eos ids and the fresh head: noise."""
     import warnings
