@@ -256,7 +256,11 @@ def _child(queue, fn, args, kw):
     from weibo_senti.modeling import quiet_transformers
 
     quiet_transformers()
-    queue.put(fn(args, **kw))
+    try:
+        queue.put(fn(args, **kw))
+    except BaseException as e:  # the parent must not wait forever on a dead child
+        queue.put({"error": f"{type(e).__name__}: {e}"})
+        raise
 
 
 def isolated(fn, args, **kw):
@@ -266,6 +270,8 @@ def isolated(fn, args, **kw):
     p.start()
     result = q.get()
     p.join()
+    if "error" in result:
+        raise SystemExit(f"{fn.__name__} failed: {result['error']}")
     return result
 
 
