@@ -74,6 +74,13 @@ def set_active(model: nn.Module, name: str | None) -> None:
         block.senti_active = name
 
 
+def remove_adapter(model: nn.Module, name: str) -> None:
+    for block in blocks(model):
+        if getattr(block, "senti_active", None) == name:
+            block.senti_active = None
+        del getattr(block, ATTR)[name]
+
+
 def adapter_state_dict(model: nn.Module, name: str = "default") -> dict[str, torch.Tensor]:
     """Adapter weights keyed ``h.{layer}.{down|up}.{weight|bias}``."""
     out = {}

@@ -143,7 +143,15 @@ def evaluate(
 
 @app.command()
 def predict(
-    run: Annotated[Path, typer.Argument(help="Run folder")],
+    run: Annotated[Path | None, typer.Argument(help="Run folder (or use --adapter)")] = None,
+    adapter: Annotated[
+        list[str] | None,
+        Opt(help="NAME=RUN_FOLDER, repeatable: several lora/adapter runs on one base"),
+    ] = None,
+    use: Annotated[str | None, Opt(help="Adapter that answers (default: the first)")] = None,
+    adapter_column: Annotated[
+        str, Opt(help="Column of --input naming each row's adapter")
+    ] = "adapter",
     text: Annotated[list[str] | None, Opt(help="Text to classify (repeatable); no console")] = None,
     input: Annotated[
         Path | None, Opt(help="File of texts: .txt (one per line), .csv, .tsv, .jsonl")
@@ -163,15 +171,17 @@ def predict(
     as_json: Annotated[bool, Opt("--json", help="Print JSON lines instead of text")] = False,
 ):
     """Classify texts: an interactive console, --text one-shot, or --input batch files."""
-    from .predict import SentimentClassifier, console, format_console, predict_file, serialize
+    from .predict import console, format_console, load_classifier, predict_file, serialize
 
     if output is not None and input is None:
         raise UserError("--output needs --input")
     if output is not None:
         serialize([], output)  # refuse a bad suffix before the model loads
-    clf = SentimentClassifier.load(run, base_model=base_model, precision=precision)
+    clf = load_classifier(run, adapter, base_model, precision)
+    if use:
+        clf.use(use)
     if input is not None:
-        rows = predict_file(clf, input, output, text_column, encoding, batch_size)
+        rows = predict_file(clf, input, output, text_column, encoding, batch_size, adapter_column)
         if output is None:
             typer.echo(serialize(rows, Path("stdout.jsonl" if as_json else "stdout.csv")), nl=False)
         else:
@@ -186,10 +196,72 @@ def predict(
         console(clf)
 
 
+@app.command()
+def merge(
+    run: Annotated[Path, typer.Argument(help="A lora run (or an adapter run with --export)")],
+    out: Annotated[Path, Opt(help="Output folder")],
+    export: Annotated[
+        bool, Opt(help="Adapter runs: write base + adapter as one self-contained run folder")
+    ] = False,
+    base_model: Annotated[str | None, Opt(help="Base model, if not the recorded one")] = None,
+    overwrite: bool = False,
+):
+    """Fold LoRA into the base: a plain transformers folder (no peft needed to load it)."""
+    from .merge import merge as run_merge
+
+    typer.echo(f"written {run_merge(run, out, base_model, export, overwrite)}")
+
+
+@app.command()
+def combine(
+    runs: Annotated[list[Path], typer.Argument(help="LoRA run folders on the same base")],
+    out: Annotated[Path, Opt(help="Output run folder")],
+    weights: Annotated[list[float] | None, Opt(help="One weight per run (default: equal)")] = None,
+    combination_type: Annotated[
+        str, Opt(help="PEFT add_weighted_adapter type: cat | linear | svd | ties | dare_ties | ...")
+    ] = "cat",
+    head: Annotated[
+        str, Opt(help="'weighted' (heads mixed with the weights) or the index of one run's head")
+    ] = "weighted",
+    density: Annotated[float | None, Opt(help="Density for ties/dare/magnitude_prune")] = None,
+    base_model: Annotated[str | None, Opt(help="Base model, if not the recorded one")] = None,
+    overwrite: bool = False,
+):
+    """Weighted combination of LoRA runs into a new LoRA run."""
+    from .combine import combine as run_combine
+
+    weights = weights or [1.0 / len(runs)] * len(runs)
+    done = run_combine(runs, weights, out, combination_type, head, base_model, density, overwrite)
+    typer.echo(f"written {done}")
+
+
+def expand_multi_value(argv: list[str], option: str = "--weights") -> list[str]:
+    """Accept `--weights 0.5 0.5` (click wants the option repeated for each value)."""
+    out, i = [], 0
+    while i < len(argv):
+        out.append(argv[i])
+        if argv[i] == option:
+            values = []
+            while i + 1 < len(argv) and _is_number(argv[i + 1]):
+                values.append(argv[i + 1])
+                i += 1
+            out[-1:] = [x for v in values for x in (option, v)] or [option]
+        i += 1
+    return out
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
-        app()
+        app(args=expand_multi_value(sys.argv[1:]))
     except UserError as e:
         typer.echo(f"error: {e}", err=True)
         sys.exit(2)

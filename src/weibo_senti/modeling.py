@@ -229,3 +229,14 @@ def load_trained(run: Path, method: str, base: Path | None, tokenizer) -> nn.Mod
     except RuntimeError as e:
         raise UserError(f"weights in {run / 'adapter_model.safetensors'} do not fit: {e}") from None
     return model
+
+
+def fold_for_export(bank) -> nn.Module:
+    """The bank's single adapter as a plain model: LoRA folded in, head back in ``score``."""
+    if len(bank.kinds) != 1:
+        raise UserError("folding needs exactly one loaded adapter")
+    ((name, kind),) = bank.kinds.items()
+    model = bank.model.merge_and_unload() if kind == "lora" else bank.model
+    head = bank.heads.heads[bank.ids[name]]
+    model.score = head
+    return model

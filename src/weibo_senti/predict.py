@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from . import inference, modeling
+from .bank import AdapterBank
 from .data import LABELS, LABELS_ZH, Examples, read_texts
 from .errors import UserError
 from .features import encode, pad_batch
@@ -30,16 +31,26 @@ class Prediction:
     score: float | None  # probability of the predicted label
     probabilities: dict[str, float] | None
     truncated: bool = False  # the text was longer than max_length tokens and was cut
+    adapter: str | None = None  # the adapter that answered
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 class SentimentClassifier:
-    """A trained run folder, loaded for prediction."""
+    """A trained run folder, loaded for prediction; lora/adapter runs can share one base."""
 
-    def __init__(self, model, tokenizer, info: dict, run: Path, precision: str = "fp32"):
-        self.model = model.eval()
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        info: dict,
+        run: Path,
+        precision: str = "fp32",
+        bank: AdapterBank | None = None,
+    ):
+        self._model = model.eval()
+        self.bank = bank
         self.precision = precision
         self.tokenizer = tokenizer
         self.info = info
@@ -55,12 +66,15 @@ class SentimentClassifier:
         device: str | None = None,
         precision: str = "auto",
         merge: bool = True,
+        name: str | None = None,
     ):
         """Load a run folder; lora/adapter runs also need the base (recorded id or ``base_model``).
 
-        LoRA is merged into the base weights unless ``merge=False``; ``precision`` "bf16" runs
-        under bf16 autocast, "int8" quantizes the linear layers dynamically (CPU only), "auto"
-        is bf16 where the hardware has fast bf16 (AMX/AVX512-BF16 CPUs, recent GPUs), else fp32.
+        The run's adapter is loaded under ``name`` (default: the folder's name); more can be
+        added with ``add_adapter``. A single LoRA adapter is merged into the base weights
+        unless ``merge=False``. ``precision``: "bf16" runs under bf16 autocast, "int8"
+        quantizes the linear layers dynamically (CPU, no further adapters), "auto" is bf16
+        where the hardware has fast bf16 (AMX/AVX512-BF16 CPUs, recent GPUs), else fp32.
         """
         modeling.quiet_transformers()
         run = Path(run)
@@ -71,57 +85,150 @@ class SentimentClassifier:
                 f"{run}: tokenizer [PAD] id {tokenizer.pad_token_id} differs from the recorded "
                 f"pad id {info['pad_token_id']}"
             )
-        base = None
-        if info["method"] != "full":
-            base = resolve_base_model(base_model or info["base_model"])
-            from transformers import AutoConfig
-
-            found = base_fingerprint(AutoConfig.from_pretrained(str(base)))
-            if info.get("base") and found != info["base"]:
-                raise UserError(
-                    f"{run} was trained on a base with {info['base']}, but {base} has {found}"
-                )
-        model = modeling.load_trained(run, info["method"], base, tokenizer)
         device = device or ("cuda" if torch.cuda.is_available() and precision != "int8" else "cpu")
         precision = inference.resolve(precision, torch.device(device))
-        model = inference.prepare(model.to(device), precision, merge)
-        return cls(model, tokenizer, info, run, precision)
+        if info["method"] == "full":
+            model = modeling.load_trained(run, "full", None, tokenizer).to(device)
+            return cls(inference.prepare(model, precision), tokenizer, info, run, precision)
+        base = resolve_base_model(base_model or _local_base(run, info))
+        from transformers import AutoConfig
+
+        found = base_fingerprint(AutoConfig.from_pretrained(str(base)))
+        _check_base(run, info, found, base)
+        for f in modeling.WEIGHT_FILES[info["method"]]:
+            if not (run / f).is_file():
+                raise UserError(f"run folder {run} is missing {f}")
+        model = modeling.load_base_classifier(base, tokenizer).to(device)
+        clf = cls(model, tokenizer, {**info, "base": found}, run, precision, AdapterBank(model))
+        clf.add_adapter(name or run.resolve().name, run)
+        if precision == "int8":  # quantized weights cannot take adapters any more
+            clf.bank.unmerge()
+            folded = modeling.fold_for_export(clf.bank)
+            clf._model, clf.bank = inference.prepare(folded, "int8", merge=False), None
+        elif merge:
+            clf.bank.merge()
+        return clf
+
+    # ------------------------------------------------------------------ adapters
+    def add_adapter(self, name: str, run: str | Path) -> None:
+        """Load another lora/adapter run onto the same base (never reloads the base)."""
+        if self.bank is None:
+            raise UserError(
+                "this classifier has no shared base (a full or int8 model): "
+                "load a lora/adapter run with precision fp32/bf16 to add adapters"
+            )
+        run = Path(run)
+        info = read_run_info(run)
+        _check_base(run, info, self.info["base"], "the loaded base")
+        if info["labels"] != self.labels:
+            raise UserError(f"{run} has labels {info['labels']}, the loaded ones {self.labels}")
+        self.bank.add(name, run, info["method"])
+
+    def use(self, name: str) -> None:
+        """Make ``name`` the adapter that predict() uses by default."""
+        self._require_bank().use(name)
+
+    def remove_adapter(self, name: str) -> None:
+        """Unload ``name``: its weights go, the base stays as it was before loading it."""
+        self._require_bank().remove(name)
+
+    @property
+    def adapters(self) -> list[str]:
+        return list(self.bank.kinds) if self.bank else []
+
+    @property
+    def active_adapter(self) -> str | None:
+        return self.bank.active if self.bank else None
+
+    def _require_bank(self) -> AdapterBank:
+        if self.bank is None:
+            raise UserError("this classifier serves a single model without adapters")
+        return self.bank
+
+    @property
+    def model(self):
+        return self.bank.model if self.bank else self._model
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
     @torch.inference_mode()
-    def predict_logits(self, texts: list[str], batch_size: int = 16) -> tuple[np.ndarray, list]:
+    def predict_logits(
+        self, texts: list[str], batch_size: int = 16, adapter: str | list[str] | None = None
+    ) -> tuple[np.ndarray, list]:
         """Logits in input order; batches of similar length so little compute goes to padding.
 
-        16 is the CPU optimum for GPT-2 small: larger batches get slower per text (benchmark).
+        ``adapter``: one name for all texts, or one per text (rows for different LoRA
+        adapters share forward passes). 16 is the CPU optimum for GPT-2 small (benchmark).
         """
         ids, truncated = encode(self.tokenizer, texts, self.max_length)
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        names = self._row_adapters(adapter, len(ids))
         logits = np.zeros((len(ids), len(self.labels)), dtype=np.float32)
         pad = self.tokenizer.pad_token_id
-        for s in range(0, len(order), batch_size):
-            idx = order[s : s + batch_size]
-            batch = pad_batch([ids[i] for i in idx], pad)
-            batch = {k: v.to(self.device) for k, v in batch.items()}
-            with inference.autocast(self.precision, self.device):
-                logits[idx] = self.model(**batch).logits.float().cpu().numpy()
+        for group in self._groups(names):
+            order = sorted(group, key=lambda i: len(ids[i]))
+            for s in range(0, len(order), batch_size):
+                idx = order[s : s + batch_size]
+                batch = pad_batch([ids[i] for i in idx], pad)
+                batch = {k: v.to(self.device) for k, v in batch.items()}
+                with inference.autocast(self.precision, self.device):
+                    if self.bank is None:
+                        out = self.model(**batch).logits
+                    else:
+                        out = self.bank.forward(batch, [names[i] for i in idx])
+                logits[idx] = out.float().cpu().numpy()
         return logits, truncated
 
-    def predict_proba(self, texts: list[str], batch_size: int = 16) -> np.ndarray:
-        logits, _ = self.predict_logits(list(texts), batch_size)
+    def _row_adapters(self, adapter, n: int) -> list[str | None]:
+        if self.bank is None:
+            if adapter is not None:
+                raise UserError("this classifier has no adapters to choose from")
+            return [None] * n
+        names = [adapter or self.bank.active] * n if not isinstance(adapter, list) else adapter
+        if len(names) != n:
+            raise UserError(f"{len(names)} adapter names for {n} texts")
+        for name in set(names):
+            self.bank._require(name)
+        return names
+
+    def _groups(self, names: list[str | None]) -> list[list[int]]:
+        """Rows that can share forward passes: all LoRA rows together, each other adapter alone."""
+        kinds = self.bank.kinds if self.bank else {}
+        groups: dict[str | None, list[int]] = {}
+        for i, name in enumerate(names):
+            key = "lora:" if kinds.get(name) == "lora" and not self.bank.merged else name
+            groups.setdefault(key, []).append(i)
+        return list(groups.values())
+
+    def predict_proba(
+        self, texts: list[str], batch_size: int = 16, adapter: str | list[str] | None = None
+    ) -> np.ndarray:
+        logits, _ = self.predict_logits(list(texts), batch_size, adapter)
         return torch.from_numpy(logits).softmax(-1).numpy()
 
-    def predict(self, texts: str | list[str], batch_size: int = 16) -> list[Prediction]:
-        """One Prediction per text, in order; empty texts get label None instead of a guess."""
+    def predict(
+        self,
+        texts: str | list[str],
+        batch_size: int = 16,
+        adapter: str | list[str] | None = None,
+    ) -> list[Prediction]:
+        """One Prediction per text, in order; empty texts get label None instead of a guess.
+
+        ``adapter`` picks the adapter (one name, or one per text); default the active one.
+        """
         if isinstance(texts, str):
             texts = [texts]
         texts = ["" if t is None else str(t) for t in texts]
         keep = [i for i, t in enumerate(texts) if t.strip()]
-        out = [Prediction(None, None, None, None) for _ in texts]
+        names = self._row_adapters(adapter, len(texts))
+        out = [Prediction(None, None, None, None, adapter=names[i]) for i in range(len(texts))]
         if keep:
-            logits, truncated = self.predict_logits([texts[i].strip() for i in keep], batch_size)
+            logits, truncated = self.predict_logits(
+                [texts[i].strip() for i in keep],
+                batch_size,
+                [names[i] for i in keep] if self.bank else None,
+            )
             probs = torch.from_numpy(logits).softmax(-1).numpy()
             for j, i in enumerate(keep):
                 k = int(probs[j].argmax())
@@ -131,6 +238,7 @@ class SentimentClassifier:
                     float(probs[j, k]),
                     {name: float(p) for name, p in zip(self.labels, probs[j])},
                     truncated[j],
+                    names[i],
                 )
         return out
 
@@ -144,22 +252,68 @@ def format_console(pred: Prediction, max_length: int) -> str:
     return line
 
 
+def load_classifier(
+    run: Path | None, adapter_specs: list[str] | None, base_model=None, precision: str = "auto"
+) -> SentimentClassifier:
+    """A run folder and/or NAME=RUN adapters, all on one base; the first answers by default."""
+    pairs = [(Path(run).resolve().name, Path(run))] if run else []
+    for spec in adapter_specs or []:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise UserError(f"--adapter wants NAME=RUN_FOLDER, not {spec!r}")
+        pairs.append((name, Path(path)))
+    if not pairs:
+        raise UserError("give a run folder or at least one --adapter NAME=RUN_FOLDER")
+    if len(pairs) > 1 and precision == "int8":
+        raise UserError("--precision int8 serves a single run; several adapters need fp32 or bf16")
+    (name, first), rest = pairs[0], pairs[1:]
+    clf = SentimentClassifier.load(
+        first, base_model, precision=precision, merge=not rest, name=name
+    )
+    for name, path in rest:
+        clf.add_adapter(name, path)
+    return clf
+
+
 def console(clf: SentimentClassifier, stdin=None, stdout=None) -> None:
-    """Interactive loop: one text per line, 'q' or Ctrl-D quits."""
+    """Interactive loop: one text per line; 'q' or Ctrl-D quits; ':use NAME', ':adapters'."""
     import sys
 
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
     print("输入微博文本进行情感分析，输入 q 退出。", file=stdout)
+    if len(clf.adapters) > 1:
+        print(
+            "适配器: " + ", ".join(clf.adapters) + "  (:use 名称 切换, :adapters 列出)", file=stdout
+        )
     while True:
         print("\n请输入文本: ", end="", file=stdout, flush=True)
         try:
             line = stdin.readline()
         except KeyboardInterrupt:
             break
-        if not line or line.strip().lower() in ("q", "quit", "exit"):
+        text = line.strip()
+        if not line or text.lower() in ("q", "quit", "exit"):
             break
-        print(format_console(clf.predict([line.strip()])[0], clf.max_length), file=stdout)
+        if text.startswith(":"):
+            print(console_command(clf, text), file=stdout)
+            continue
+        print(format_console(clf.predict([text])[0], clf.max_length), file=stdout)
     print("\n再见!", file=stdout)
+
+
+def console_command(clf: SentimentClassifier, text: str) -> str:
+    command, _, arg = text[1:].partition(" ")
+    if command == "adapters":
+        return "\n".join(("* " if a == clf.active_adapter else "  ") + a for a in clf.adapters) or (
+            "(no adapters: a single model)"
+        )
+    if command == "use":
+        try:
+            clf.use(arg.strip())
+        except UserError as e:
+            return f"error: {e}"
+        return f"now using {arg.strip()}"
+    return "commands: :use NAME, :adapters, q"
 
 
 def predict_file(
@@ -169,10 +323,17 @@ def predict_file(
     text_column: str,
     encoding: str | None = None,
     batch_size: int = 16,
+    adapter_column: str = "adapter",
 ) -> list[dict]:
-    """Predict every row of a file; write CSV or JSONL (by suffix) atomically; return rows."""
+    """Predict every row of a file; write CSV or JSONL (by suffix) atomically; return rows.
+
+    With several adapters loaded, a column ``adapter_column`` may name the adapter per row.
+    """
     examples: Examples = read_texts(inp, text_column, encoding)
-    preds = clf.predict(examples.texts, batch_size)
+    names = None
+    if clf.bank is not None and adapter_column in examples.extra:
+        names = [n.strip() or clf.active_adapter for n in examples.extra[adapter_column]]
+    preds = clf.predict(examples.texts, batch_size, names)
     rows = []
     for i, (text, p) in enumerate(zip(examples.texts, preds)):
         row = {k: v[i] for k, v in examples.extra.items()}
@@ -187,6 +348,8 @@ def predict_file(
         for name in clf.labels:
             row[f"p_{name}"] = "" if p.probabilities is None else round(p.probabilities[name], 6)
         row["truncated"] = p.truncated
+        if p.adapter is not None:
+            row["adapter"] = p.adapter
         rows.append(row)
     if output is not None:
         atomic_write(output, lambda tmp: tmp.write_text(serialize(rows, output), encoding="utf-8"))
@@ -204,3 +367,20 @@ def serialize(rows: list[dict], path: Path) -> str:
     writer.writeheader()
     writer.writerows(rows)
     return buf.getvalue()
+
+
+def _local_base(run: Path, info: dict) -> str:
+    """A base path recorded relative to the run folder (exported runs carry their base)."""
+    local = run / info["base_model"]
+    return (
+        str(local)
+        if not Path(info["base_model"]).is_absolute() and local.is_dir()
+        else (info["base_model"])
+    )
+
+
+def _check_base(run: Path, info: dict, found: dict, where) -> None:
+    if info.get("base") and info["base"] != found:
+        raise UserError(
+            f"{run} was trained on a different base ({info['base']}) than {where} ({found})"
+        )
