@@ -68,7 +68,7 @@ def shared_base(runs: list[Path]) -> dict:
     from weibo_senti import SentimentClassifier
 
     t0 = time.perf_counter()
-    clf = SentimentClassifier.load(runs[0], precision="fp32", merge=False, name="t0")
+    clf = own_memory(SentimentClassifier.load(runs[0], precision="fp32", merge=False, name="t0"))
     load_s = time.perf_counter() - t0
     add = []
     for i, run in enumerate(runs[1:], start=1):
@@ -104,8 +104,19 @@ def shared_base(runs: list[Path]) -> dict:
 def merged_models(merged: Path, n: int) -> dict:
     from weibo_senti import SentimentClassifier
 
-    models = [SentimentClassifier.load(merged, precision="fp32") for _ in range(n)]
+    models = [own_memory(SentimentClassifier.load(merged, precision="fp32")) for _ in range(n)]
     return {"rss_mb": rss_mb(), "models": len(models)}
+
+
+def own_memory(clf):
+    """safetensors maps files into memory; N loads of one file would share pages. N different
+    models would not: give every tensor its own memory, as a distinct model's would be."""
+    import torch
+
+    with torch.no_grad():
+        for t in list(clf.model.parameters()) + list(clf.model.buffers()):
+            t.data = t.data.clone()
+    return clf
 
 
 def _child(q, fn, kw):

@@ -351,6 +351,12 @@ def main():
     if Path(args.agreement_run).is_dir():
         res["agreement"] = isolated(agreement_phase, args)
         print("agreement", json.dumps(res["agreement"]), flush=True)
+    else:
+        print(
+            f"agreement skipped: no trained run at {args.agreement_run} (make one with "
+            "scripts/integration.py, or pass --agreement-run)",
+            flush=True,
+        )
     import shutil
 
     shutil.rmtree(run, ignore_errors=True)

@@ -77,6 +77,7 @@ class SentimentClassifier:
         where the hardware has fast bf16 (AMX/AVX512-BF16 CPUs, recent GPUs), else fp32.
         """
         modeling.quiet_transformers()
+        inference.use_all_cores()
         run = Path(run)
         info = read_run_info(run)
         tokenizer = modeling.load_tokenizer(run)
