@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import statistics
 import tempfile
 import time
@@ -119,27 +118,10 @@ def own_memory(clf):
     return clf
 
 
-def _child(q, fn, kw):
-    from weibo_senti.modeling import quiet_transformers
-
-    quiet_transformers()
-    try:
-        q.put(fn(**kw))
-    except BaseException as e:
-        q.put({"error": repr(e)})
-        raise
-
-
 def isolated(fn, **kw):
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    p = ctx.Process(target=_child, args=(q, fn, kw))
-    p.start()
-    out = q.get()
-    p.join()
-    if "error" in out:
-        raise SystemExit(f"{fn.__name__}: {out['error']}")
-    return out
+    from weibo_senti.isolate import run_isolated
+
+    return run_isolated(fn, **kw)
 
 
 def main():

@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import platform
 import random
-import resource
 import statistics
 import time
 from pathlib import Path
@@ -50,7 +48,9 @@ def load_texts(args, n, seed=0):
 
 
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    from weibo_senti.isolate import peak_rss_mb as peak
+
+    return peak()
 
 
 def fast_tokenizer(args):
@@ -250,30 +250,10 @@ def matmul_peak_gflops() -> float:
 
 
 # ----------------------------------------------------------------------------- driver
-def _child(queue, fn, args, kw):
-    import os
-
-    os.environ.setdefault("WEIBO_SENTI_NO_PROGRESS", "1")
-    from weibo_senti.modeling import quiet_transformers
-
-    quiet_transformers()
-    try:
-        queue.put(fn(args, **kw))
-    except BaseException as e:  # the parent must not wait forever on a dead child
-        queue.put({"error": f"{type(e).__name__}: {e}"})
-        raise
-
-
 def isolated(fn, args, **kw):
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    p = ctx.Process(target=_child, args=(q, fn, args, kw))
-    p.start()
-    result = q.get()
-    p.join()
-    if "error" in result:
-        raise SystemExit(f"{fn.__name__} failed: {result['error']}")
-    return result
+    from weibo_senti.isolate import run_isolated
+
+    return run_isolated(fn, args, **kw)
 
 
 def main():

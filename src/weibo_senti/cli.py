@@ -235,6 +235,74 @@ def combine(
     typer.echo(f"written {done}")
 
 
+@app.command()
+def compare(
+    data: Annotated[str, Opt(help="Training CSV/TSV/JSONL")],
+    out: Annotated[Path, Opt(help="Report folder (comparison.md/.json, PNG plots, runs/)")],
+    base_model: Annotated[
+        str, Opt(help="GPT-2 folder or hub id")
+    ] = "uer/gpt2-chinese-cluecorpussmall",
+    dev_data: Annotated[str | None, Opt(help="Dev file (default: 10% split of --data)")] = None,
+    extra_test: Annotated[
+        list[str] | None, Opt(help="NAME=FILE, repeatable: more labelled test sets")
+    ] = None,
+    methods: Annotated[
+        list[str] | None,
+        Opt("--method", help="Repeat to choose (default: full adapter lora tfidf)"),
+    ] = None,
+    repeats: Annotated[int, Opt(help="Seeds per method; the table shows mean ± std")] = 1,
+    seed: int = 42,
+    epochs: Annotated[int, Opt(help="Epochs for every neural method")] = 3,
+    max_train_samples: Annotated[
+        int | None, Opt(help="Train every method on the same seeded sample of this many rows")
+    ] = None,
+    precision: Annotated[str, Opt(help="auto | no | bf16 | fp16")] = "auto",
+):
+    """Train every method on the same data and base; table, JSON and plots of the results."""
+    from .compare import compare as run_compare
+
+    extra = {}
+    for spec in extra_test or []:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise UserError(f"--extra-test wants NAME=FILE, not {spec!r}")
+        extra[name] = path
+    parts = ["weibo-senti compare", f"--base-model {base_model}", f"--data {data}"]
+    parts += [f"--dev-data {dev_data}"] if dev_data else []
+    parts += [f"--extra-test {spec}" for spec in extra_test or []]
+    parts += [f"--method {m}" for m in methods or []]
+    parts += [f"--epochs {epochs}", f"--repeats {repeats}", f"--seed {seed}"]
+    parts += [f"--max-train-samples {max_train_samples}"] if max_train_samples else []
+    parts += [f"--precision {precision}", f"--out {out}"]
+    command = " ".join(parts)
+    run_compare(
+        base_model,
+        data,
+        dev_data,
+        out,
+        extra,
+        methods,
+        repeats,
+        seed,
+        command,
+        epochs=epochs,
+        max_train_samples=max_train_samples,
+        precision=precision,
+    )
+    typer.echo(f"report written to {out / 'comparison.md'}")
+
+
+@app.command()
+def report(
+    run: Annotated[Path, typer.Argument(help="Run folder")],
+    out: Annotated[Path | None, Opt(help="PNG path (default: RUN/report.png)")] = None,
+):
+    """Plot a run's training loss and dev metrics per epoch from its metrics.jsonl."""
+    from .report import plot_run
+
+    typer.echo(f"written {plot_run(run, out)}")
+
+
 def expand_multi_value(argv: list[str], option: str = "--weights") -> list[str]:
     """Accept `--weights 0.5 0.5` (click wants the option repeated for each value)."""
     out, i = [], 0

@@ -1,0 +1,39 @@
+"""Run a function in a fresh process: its peak memory and timings are its own."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import resource
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _child(queue, fn, args, kwargs):
+    import os
+
+    os.environ.setdefault("WEIBO_SENTI_NO_PROGRESS", "1")
+    from .modeling import quiet_transformers
+
+    quiet_transformers()
+    try:
+        queue.put(fn(*args, **kwargs))
+    except BaseException as e:  # the parent must not wait forever on a dead child
+        queue.put({"error": f"{type(e).__name__}: {e}"})
+        raise
+
+
+def run_isolated(fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` in a spawned process; its (dict) result, or SystemExit."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child, args=(queue, fn, args, kwargs))
+    proc.start()
+    result = queue.get()
+    proc.join()
+    if isinstance(result, dict) and "error" in result:
+        from .errors import UserError
+
+        raise UserError(f"{getattr(fn, '__name__', fn)} failed: {result['error']}")
+    return result

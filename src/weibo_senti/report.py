@@ -1,0 +1,116 @@
+"""Plots (matplotlib PNG) of one run's metrics.jsonl and of a method comparison."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .errors import UserError
+from .files import atomic_write
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def read_metrics(run: Path) -> tuple[list[dict], list[dict]]:
+    path = Path(run) / "metrics.jsonl"
+    if not path.is_file():
+        raise UserError(f"missing file {path}")
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line torn by an interruption
+    return [r for r in rows if r.get("type") == "train"], [
+        r for r in rows if r.get("type") == "eval"
+    ]
+
+
+def save_figure(fig, path: Path) -> None:
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png"))
+    _plt().close(fig)
+
+
+def plot_run(run: Path, out: Path | None = None) -> Path:
+    """Training loss per logging step, dev loss/accuracy/macro-F1 per epoch."""
+    train, evals = read_metrics(run)
+    if not train and not evals:
+        raise UserError(f"{run}/metrics.jsonl has no metrics to plot")
+    plt = _plt()
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    a.plot([r["epoch"] for r in train], [r["loss"] for r in train], label="train loss")
+    a.plot([r["epoch"] for r in evals], [r["loss"] for r in evals], "o-", label="dev loss")
+    a.set_xlabel("epoch")
+    a.set_title("loss")
+    a.legend()
+    for key in ("accuracy", "macro_f1"):
+        b.plot([r["epoch"] for r in evals], [r[key] for r in evals], "o-", label=f"dev {key}")
+    b.set_xlabel("epoch")
+    b.set_title("dev metrics")
+    b.legend()
+    fig.suptitle(f"run {Path(run).resolve().name}")
+    out = out or Path(run) / "report.png"
+    save_figure(fig, out)
+    return out
+
+
+def plot_comparison(results: dict, runs: dict[str, Path], out: Path) -> list[Path]:
+    """Curves of every method on one figure, confusion matrices, accuracy vs artifact size."""
+    plt = _plt()
+    paths = []
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    for method, run in runs.items():
+        train, evals = read_metrics(run)
+        a.plot([r["epoch"] for r in train], [r["loss"] for r in train], label=method)
+        b.plot([r["epoch"] for r in evals], [r["macro_f1"] for r in evals], "o-", label=method)
+    a.set(xlabel="epoch", title="training loss")
+    b.set(xlabel="epoch", title="dev macro-F1")
+    a.legend()
+    b.legend()
+    save_figure(fig, out / "curves.png")
+    paths.append(out / "curves.png")
+
+    methods = list(results)
+    fig, axes = plt.subplots(1, len(methods), figsize=(3.2 * len(methods), 3.2), squeeze=False)
+    for ax, method in zip(axes[0], methods):
+        cm = results[method]["confusion_matrix"]
+        ax.imshow(cm, cmap="Blues")
+        for i in range(2):
+            for j in range(2):
+                ax.text(j, i, str(cm[i][j]), ha="center", va="center")
+        ax.set(
+            xticks=[0, 1],
+            yticks=[0, 1],
+            xticklabels=["neg", "pos"],
+            yticklabels=["neg", "pos"],
+            xlabel="predicted",
+            ylabel="true",
+            title=method,
+        )
+    fig.suptitle("dev confusion matrices (first seed)")
+    save_figure(fig, out / "confusion.png")
+    paths.append(out / "confusion.png")
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method in methods:
+        r = results[method]
+        size, acc = r["artifact_mb"]["mean"], r["dev_accuracy"]["mean"]
+        ax.scatter(size, acc, s=60)
+        ax.annotate(method, (size, acc), textcoords="offset points", xytext=(6, 4))
+        ax.scatter(size, r["dev_stripped_accuracy"]["mean"], marker="x", c="k")
+    ax.set_xscale("log")
+    ax.set(
+        xlabel="artifact size on disk (MB, log)",
+        ylabel="accuracy",
+        title="dev accuracy (dots) and emoticon-stripped (x) vs size",
+    )
+    save_figure(fig, out / "accuracy_vs_size.png")
+    paths.append(out / "accuracy_vs_size.png")
+    return paths
