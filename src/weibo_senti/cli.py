@@ -303,6 +303,38 @@ def report(
     typer.echo(f"written {plot_run(run, out)}")
 
 
+@app.command()
+def serve(
+    run: Annotated[Path | None, typer.Argument(help="Run folder (or use --adapter)")] = None,
+    adapter: Annotated[
+        list[str] | None, Opt(help="NAME=RUN_FOLDER, repeatable: several adapters on one base")
+    ] = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    base_model: Annotated[str | None, Opt(help="Base model, if not the recorded one")] = None,
+    precision: Annotated[str, Opt(help="auto | fp32 | bf16 | int8")] = "auto",
+    max_batch: Annotated[int, Opt(help="Texts per micro-batch")] = 32,
+    max_wait_ms: Annotated[float, Opt(help="How long a micro-batch gathers requests")] = 5.0,
+    queue_size: Annotated[int, Opt(help="Requests waiting before 503 + Retry-After")] = 256,
+    micro_batching: Annotated[bool, Opt(help="Gather concurrent requests into one batch")] = True,
+):
+    """Serve predictions over HTTP: POST /v1/predict, GET /v1/adapters, /health, a page at /."""
+    from .predict import load_classifier
+    from .serve import serve as run_server
+
+    clf = load_classifier(run, adapter, base_model, precision)
+    typer.echo(f"serving {', '.join(clf.adapters) or run} on http://{host}:{port}/", err=True)
+    run_server(
+        clf,
+        host,
+        port,
+        max_batch=max_batch,
+        max_wait_ms=max_wait_ms,
+        queue_size=queue_size,
+        micro_batching=micro_batching,
+    )
+
+
 def expand_multi_value(argv: list[str], option: str = "--weights") -> list[str]:
     """Accept `--weights 0.5 0.5` (click wants the option repeated for each value)."""
     out, i = [], 0

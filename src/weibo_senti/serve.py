@@ -1,0 +1,226 @@
+"""`serve`: the classifier over HTTP (FastAPI), with micro-batching and a small web page."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+
+from pydantic import BaseModel, Field
+
+from .errors import UserError
+
+log = logging.getLogger("weibo_senti.serve")
+MAX_TEXTS = 256
+MAX_BODY = 1 << 20
+
+
+class PredictRequest(BaseModel):
+    texts: list[str] = Field(min_length=1, max_length=MAX_TEXTS, description="1 to 256 posts")
+    adapter: str | None = Field(None, description="adapter name (default: the active one)")
+
+
+@dataclass
+class Job:
+    texts: list[str]
+    adapter: str | None
+    future: asyncio.Future = field(repr=False)
+
+
+class QueueFull(Exception):
+    pass
+
+
+class Batcher:
+    """Gathers concurrent requests for a few ms (or until the batch is full) and runs the model
+    once for all of them in a worker thread; the queue is bounded."""
+
+    def __init__(
+        self,
+        clf,
+        max_batch: int = 32,
+        max_wait_ms: float = 5.0,
+        queue_size: int = 256,
+        enabled: bool = True,
+    ):
+        self.clf, self.max_batch, self.max_wait = clf, max_batch, max_wait_ms / 1000
+        self.enabled = enabled
+        self.queue: asyncio.Queue[Job] = asyncio.Queue(maxsize=queue_size)
+        self.worker: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self.worker = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        await self.queue.join()  # in-flight requests finish before shutdown
+        if self.worker:
+            self.worker.cancel()
+
+    async def submit(self, texts: list[str], adapter: str | None):
+        job = Job(texts, adapter, asyncio.get_running_loop().create_future())
+        try:
+            self.queue.put_nowait(job)
+        except asyncio.QueueFull:
+            raise QueueFull from None
+        return await job.future
+
+    async def _run(self) -> None:
+        while True:
+            jobs = [await self.queue.get()]
+            if self.enabled:
+                deadline = time.monotonic() + self.max_wait
+                while sum(len(j.texts) for j in jobs) < self.max_batch:
+                    timeout = deadline - time.monotonic()
+                    if timeout <= 0:
+                        break
+                    try:
+                        jobs.append(await asyncio.wait_for(self.queue.get(), timeout))
+                    except asyncio.TimeoutError:
+                        break
+            try:
+                results = await asyncio.to_thread(self._predict, jobs)
+                for job, res in zip(jobs, results):
+                    job.future.set_result(res)
+            except Exception as e:  # answered per request, the worker keeps running
+                for job in jobs:
+                    if not job.future.done():
+                        job.future.set_exception(e)
+            finally:
+                for _ in jobs:
+                    self.queue.task_done()
+
+    def _predict(self, jobs: list[Job]):
+        texts = [t for j in jobs for t in j.texts]
+        names = None
+        if self.clf.bank is not None:
+            names = [j.adapter or self.clf.active_adapter for j in jobs for _ in j.texts]
+        preds = self.clf.predict(texts, adapter=names)
+        out, i = [], 0
+        for j in jobs:
+            out.append(preds[i : i + len(j.texts)])
+            i += len(j.texts)
+        return out
+
+
+def create_app(
+    clf,
+    max_batch: int = 32,
+    max_wait_ms: float = 5.0,
+    queue_size: int = 256,
+    micro_batching: bool = True,
+):
+    from contextlib import asynccontextmanager
+
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import HTMLResponse, JSONResponse
+
+    state = {"ready": False, "batcher": None}
+
+    @asynccontextmanager
+    async def lifespan(app):
+        batcher = Batcher(clf, max_batch, max_wait_ms, queue_size, micro_batching)
+        batcher.start()
+        state["batcher"], state["ready"] = batcher, True
+        yield
+        state["ready"] = False
+        await batcher.stop()
+
+    app = FastAPI(
+        title="weibo-senti",
+        version="1",
+        lifespan=lifespan,
+        description="Weibo sentiment (negative/positive) from a fine-tuned GPT-2.",
+    )
+
+    def error(status: int, message: str, **extra):
+        return JSONResponse({"error": message, **extra}, status_code=status)
+
+    @app.middleware("http")
+    async def limits_and_log(request: Request, call_next):
+        t0 = time.perf_counter()
+        size = request.headers.get("content-length")
+        if size is not None and (not size.isdigit() or int(size) > MAX_BODY):
+            response = error(413, f"body over {MAX_BODY} bytes")
+        else:
+            response = await call_next(request)
+        log.info(
+            json.dumps(
+                {
+                    "method": request.method,
+                    "path": request.url.path,
+                    "status": response.status_code,
+                    "ms": round(1000 * (time.perf_counter() - t0), 2),
+                }
+            )
+        )
+        return response
+
+    from starlette.exceptions import HTTPException
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException):
+        # e.g. a body FastAPI cannot parse at all (nesting too deep), unknown paths
+        message = "malformed JSON" if "parsing the body" in str(exc.detail) else str(exc.detail)
+        return error(exc.status_code, message)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):
+        errors = exc.errors()
+        if any(e.get("type") == "json_invalid" for e in errors):
+            return error(400, "malformed JSON")
+        details = [
+            {"field": ".".join(map(str, e.get("loc", [])[1:])), "problem": e.get("msg")}
+            for e in errors
+        ]
+        return error(422, "invalid request", details=details)
+
+    @app.get("/health")
+    async def health():
+        if not state["ready"]:
+            return error(503, "loading")
+        return {"status": "ok", "adapters": clf.adapters}
+
+    @app.get("/v1/adapters")
+    async def list_adapters():
+        return {"adapters": clf.adapters, "default": clf.active_adapter}
+
+    @app.post("/v1/predict")
+    async def predict(body: PredictRequest):
+        if body.adapter is not None and body.adapter not in clf.adapters:
+            return error(404, f"unknown adapter '{body.adapter}'", adapters=clf.adapters)
+        if not state["ready"]:
+            return error(503, "loading")
+        try:
+            preds = await state["batcher"].submit(body.texts, body.adapter)
+        except QueueFull:
+            return JSONResponse(
+                {"error": "busy, retry shortly"}, status_code=503, headers={"Retry-After": "1"}
+            )
+        except UserError as e:
+            return error(400, str(e))
+        return {
+            "predictions": [p.to_dict() for p in preds],
+            "adapter": body.adapter or clf.active_adapter,
+        }
+
+    @app.get("/", response_class=HTMLResponse)
+    async def page():
+        return resources.files("weibo_senti").joinpath("static/index.html").read_text("utf-8")
+
+    return app
+
+
+def serve(clf, host: str = "127.0.0.1", port: int = 8000, **kw) -> None:
+    import uvicorn
+
+    uvicorn.run(
+        create_app(clf, **kw),
+        host=host,
+        port=port,
+        log_level="warning",
+        timeout_graceful_shutdown=30,
+    )

@@ -1,0 +1,134 @@
+"""The HTTP API in process (TestClient): every endpoint and every error case."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from fastapi.testclient import TestClient
+
+from weibo_senti.predict import SentimentClassifier
+from weibo_senti.serve import MAX_TEXTS, Batcher, create_app
+
+POS = "好棒喜爱赞乐美好棒喜爱赞"
+NEG = "差坏烂恨糟怒哭差坏烂恨糟"
+
+
+@pytest.fixture(scope="module")
+def clf(trained_runs):
+    c = SentimentClassifier.load(trained_runs["lora"], precision="fp32", merge=False, name="weibo")
+    c.add_adapter("bottleneck", trained_runs["adapter"])
+    return c
+
+
+@pytest.fixture(scope="module")
+def client(clf):
+    with TestClient(create_app(clf)) as c:
+        yield c
+
+
+def test_health_adapters_page_and_docs(client):
+    assert client.get("/health").json() == {"status": "ok", "adapters": ["weibo", "bottleneck"]}
+    assert client.get("/v1/adapters").json() == {
+        "adapters": ["weibo", "bottleneck"],
+        "default": "weibo",
+    }
+    page = client.get("/")
+    assert page.status_code == 200 and "微博情感分析" in page.text
+    assert "charset=utf-8" in page.headers["content-type"]
+    assert "://" not in page.text  # works offline: nothing is fetched from elsewhere
+    assert "/v1/predict" in client.get("/openapi.json").json()["paths"]
+    assert client.get("/docs").status_code == 200
+
+
+def test_predict_matches_in_process_predictions(client, clf):
+    r = client.post("/v1/predict", json={"texts": [POS, NEG, "我" * 500]})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["adapter"] == "weibo"
+    labels = [p["label"] for p in body["predictions"]]
+    expected = clf.predict([POS, NEG, "我" * 500])
+    assert labels == [p.label for p in expected]
+    assert labels[:2] == ["positive", "negative"]
+    assert body["predictions"][2]["truncated"] is True
+    p = body["predictions"][0]
+    assert set(p) >= {"label", "label_zh", "score", "probabilities", "adapter"}
+    r = client.post("/v1/predict", json={"texts": [POS], "adapter": "bottleneck"})
+    assert r.json()["predictions"][0]["adapter"] == "bottleneck"
+
+
+@pytest.mark.parametrize(
+    "payload,status,message",
+    [
+        (b"{not json", 400, "malformed JSON"),
+        (json.dumps({"texts": []}).encode(), 422, "invalid request"),
+        (json.dumps({"texts": "one string"}).encode(), 422, "invalid request"),
+        (json.dumps({"texts": [1, 2]}).encode(), 422, "invalid request"),
+        (json.dumps({"text": ["x"]}).encode(), 422, "invalid request"),
+        (json.dumps({"texts": ["x"] * (MAX_TEXTS + 1)}).encode(), 422, "invalid request"),
+        (json.dumps({"texts": ["x"], "adapter": "nope"}).encode(), 404, "unknown adapter"),
+        (b"[" * 100_000, 400, "malformed JSON"),
+        (json.dumps({"texts": ["x" * (1 << 20)]}).encode(), 413, "body over"),
+        (b"\xff\xfe\x00garbage", 400, "malformed JSON"),
+    ],
+)
+def test_bad_requests_get_clear_4xx_json(client, payload, status, message):
+    r = client.post("/v1/predict", content=payload, headers={"content-type": "application/json"})
+    assert r.status_code == status, r.text
+    assert message in r.json()["error"]
+    assert client.get("/health").status_code == 200  # and the server is still fine
+
+
+def test_full_queue_answers_503_with_retry_after(clf):
+    async def scenario():
+        batcher = Batcher(clf, queue_size=1)  # worker not started: the queue stays full
+        first = asyncio.ensure_future(batcher.submit([POS], None))
+        await asyncio.sleep(0)
+        from weibo_senti.serve import QueueFull
+
+        with pytest.raises(QueueFull):
+            await batcher.submit([NEG], None)
+        first.cancel()
+
+    asyncio.run(scenario())
+    app = create_app(clf, queue_size=1)
+    with TestClient(app) as c:
+        # many concurrent requests against a queue of one: some are refused, none crash
+        import concurrent.futures
+
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            codes = list(
+                pool.map(lambda _: c.post("/v1/predict", json={"texts": [POS]}), range(48))
+            )
+    statuses = {r.status_code for r in codes}
+    assert statuses <= {200, 503} and 200 in statuses
+    busy = [r for r in codes if r.status_code == 503]
+    assert all(r.headers.get("retry-after") == "1" for r in busy)
+
+
+def test_micro_batching_gathers_concurrent_requests(clf, monkeypatch):
+    calls = []
+    original = Batcher._predict
+
+    def spy(self, jobs):
+        calls.append(len(jobs))
+        return original(self, jobs)
+
+    monkeypatch.setattr(Batcher, "_predict", spy)
+
+    async def scenario(enabled):
+        batcher = Batcher(clf, max_batch=64, max_wait_ms=50, enabled=enabled)
+        batcher.start()
+        results = await asyncio.gather(
+            *[batcher.submit([POS if i % 2 else NEG], None) for i in range(8)]
+        )
+        await batcher.stop()
+        return results
+
+    results = asyncio.run(scenario(True))
+    assert [r[0].label for r in results] == ["negative", "positive"] * 4
+    assert max(calls) > 1  # several requests answered by one model call
+    calls.clear()
+    asyncio.run(scenario(False))
+    assert calls == [1] * 8
