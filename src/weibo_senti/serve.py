@@ -71,19 +71,22 @@ class Batcher:
         while True:
             jobs = [await self.queue.get()]
             if self.enabled:
+                # Poll instead of wait_for(queue.get()): a get cancelled by the timeout can
+                # drop the item it had already taken, and that request would never be answered.
                 deadline = time.monotonic() + self.max_wait
                 while sum(len(j.texts) for j in jobs) < self.max_batch:
-                    timeout = deadline - time.monotonic()
-                    if timeout <= 0:
-                        break
                     try:
-                        jobs.append(await asyncio.wait_for(self.queue.get(), timeout))
-                    except asyncio.TimeoutError:
-                        break
+                        jobs.append(self.queue.get_nowait())
+                    except asyncio.QueueEmpty:
+                        left = deadline - time.monotonic()
+                        if left <= 0:
+                            break
+                        await asyncio.sleep(min(0.001, left))
             try:
                 results = await asyncio.to_thread(self._predict, jobs)
                 for job, res in zip(jobs, results):
-                    job.future.set_result(res)
+                    if not job.future.done():  # a client may have gone away
+                        job.future.set_result(res)
             except Exception as e:  # answered per request, the worker keeps running
                 for job in jobs:
                     if not job.future.done():
