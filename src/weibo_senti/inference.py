@@ -37,13 +37,6 @@ def resolve(precision: str, device: torch.device) -> str:
     return "bf16" if cpu_has_fast_bf16() else "fp32"
 
 
-def merge_lora(model: nn.Module) -> nn.Module:
-    """Fold LoRA into the base weights: one matmul per layer instead of three at inference."""
-    from peft import PeftModel
-
-    return model.merge_and_unload() if isinstance(model, PeftModel) else model
-
-
 def conv1d_to_linear(model: nn.Module) -> nn.Module:
     """GPT-2's Conv1D is a transposed Linear; dynamic quantization only knows nn.Linear."""
     from transformers.pytorch_utils import Conv1D
@@ -65,13 +58,11 @@ def quantize_int8(model: nn.Module) -> nn.Module:
     return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
 
 
-def prepare(model: nn.Module, precision: str = "fp32", merge: bool = True) -> nn.Module:
+def prepare(model: nn.Module, precision: str = "fp32") -> nn.Module:
     if precision not in PRECISIONS:
         from .errors import UserError
 
         raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}")
-    if merge:
-        model = merge_lora(model)
     if precision == "int8":
         model = quantize_int8(model.cpu())
     return model.eval()

@@ -190,44 +190,17 @@ def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise UserError(f"corrupt weights file {path}: {e}") from None
 
 
-def load_trained(run: Path, method: str, base: Path | None, tokenizer) -> nn.Module:
-    """Rebuild the trained classifier from a run folder (and the base for lora/adapter)."""
-    for name in WEIGHT_FILES[method]:
+def load_full(run: Path, tokenizer) -> nn.Module:
+    """A full fine-tuning run (a plain transformers folder), checked file by file."""
+    from transformers import AutoModelForSequenceClassification
+
+    for name in WEIGHT_FILES["full"]:
         if not (run / name).is_file():
             raise UserError(f"run folder {run} is missing {name}")
-    if method == "full":
-        from transformers import AutoModelForSequenceClassification
-
-        read_json(run / "config.json")
-        load_safetensors(run / "model.safetensors")  # fails with the file's name if corrupt
-        model = AutoModelForSequenceClassification.from_pretrained(str(run))
-        load_tokenizer_check(tokenizer, model.config)
-        return model
-    model = load_base_classifier(base, tokenizer)
-    if method == "lora":
-        from peft import PeftModel
-
-        read_json(run / "adapter_config.json")
-        load_safetensors(run / "adapter_model.safetensors")
-        return PeftModel.from_pretrained(model, str(run))
-    config = read_json(run / "adapter_config.json")
-    if config.get("hidden_size") != model.config.n_embd or config.get("num_layers") != len(
-        adapters.blocks(model)
-    ):
-        raise UserError(
-            f"adapter in {run} was trained for hidden size {config.get('hidden_size')} × "
-            f"{config.get('num_layers')} layers; the base has {model.config.n_embd} × "
-            f"{len(adapters.blocks(model))}"
-        )
-    state = load_safetensors(run / "adapter_model.safetensors")
-    adapters.add_adapter(model, "default", int(config["size"]))
-    try:
-        adapters.load_adapter_state_dict(
-            model, {k[8:]: v for k, v in state.items() if k.startswith("adapter.")}, "default"
-        )
-        model.score.load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("score.")})
-    except RuntimeError as e:
-        raise UserError(f"weights in {run / 'adapter_model.safetensors'} do not fit: {e}") from None
+    read_json(run / "config.json")
+    load_safetensors(run / "model.safetensors")  # fails with the file's name if corrupt
+    model = AutoModelForSequenceClassification.from_pretrained(str(run))
+    load_tokenizer_check(tokenizer, model.config)
     return model
 
 

@@ -89,7 +89,7 @@ class SentimentClassifier:
         device = device or ("cuda" if torch.cuda.is_available() and precision != "int8" else "cpu")
         precision = inference.resolve(precision, torch.device(device))
         if info["method"] == "full":
-            model = modeling.load_trained(run, "full", None, tokenizer).to(device)
+            model = modeling.load_full(run, tokenizer).to(device)
             return cls(inference.prepare(model, precision), tokenizer, info, run, precision)
         base = resolve_base_model(base_model or _local_base(run, info))
         from transformers import AutoConfig
@@ -105,7 +105,7 @@ class SentimentClassifier:
         if precision == "int8":  # quantized weights cannot take adapters any more
             clf.bank.unmerge()
             folded = modeling.fold_for_export(clf.bank)
-            clf._model, clf.bank = inference.prepare(folded, "int8", merge=False), None
+            clf._model, clf.bank = inference.prepare(folded, "int8"), None
         elif merge:
             clf.bank.merge()
         return clf
