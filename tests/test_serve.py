@@ -132,3 +132,12 @@ def test_micro_batching_gathers_concurrent_requests(clf, monkeypatch):
     calls.clear()
     asyncio.run(scenario(False))
     assert calls == [1] * 8
+
+
+def test_curl_style_form_encoded_json_is_accepted(client):
+    r = client.post(
+        "/v1/predict",
+        content=json.dumps({"texts": [POS]}),
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
+    assert r.status_code == 200 and r.json()["predictions"][0]["label"] == "positive"

@@ -145,6 +145,10 @@ def create_app(
     @app.middleware("http")
     async def limits_and_log(request: Request, call_next):
         t0 = time.perf_counter()
+        if request.url.path == "/v1/predict":
+            # `curl -d '{...}'` sends form encoding: the body is JSON whatever the header says.
+            headers = [(k, v) for k, v in request.scope["headers"] if k != b"content-type"]
+            request.scope["headers"] = headers + [(b"content-type", b"application/json")]
         size = request.headers.get("content-length")
         if size is not None and (not size.isdigit() or int(size) > MAX_BODY):
             response = error(413, f"body over {MAX_BODY} bytes")
