@@ -1,20 +1,33 @@
-"""A real uvicorn process on 127.0.0.1 with the tiny model, fuzzed: it never crashes."""
+"""A real uvicorn process on 127.0.0.1 with the tiny model: fuzzed, loaded, shut down
+gracefully, and driven by a real browser."""
 
 from __future__ import annotations
 
 import json
 import os
 import random
+import signal
 import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
+from conftest import make_text
 
-POS = "好棒喜爱赞乐美好棒喜爱赞"
-NEG = "差坏烂恨糟怒哭差坏烂恨糟"
+
+@dataclass
+class Server:
+    url: str
+    proc: subprocess.Popen
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text("utf-8", errors="replace")
 
 
 def free_port() -> int:
@@ -23,46 +36,76 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(trained_runs, tmp_path_factory):
+def start_server(folder: Path, *args: str) -> Server:
+    """`weibo-senti serve ...` in its own process; returns once /health says ready."""
     port = free_port()
-    # A file, not a pipe: nobody reads a pipe while the test runs, and a full pipe would
-    # block the server on its one log line per request.
-    log = open(tmp_path_factory.mktemp("serve") / "server.log", "w+b")
-    cmd = [
-        sys.executable,
-        "-c",
-        "from weibo_senti.cli import main; main()",
-        "serve",
+    log = folder / "server.log"
+    # A file, never an unread pipe: with one log line per request a pipe fills up after a few
+    # hundred requests and the server blocks on its next write.
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "from weibo_senti.cli import main; main()", "serve"]
+            + [*args, "--port", str(port)],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
+    server = Server(f"http://127.0.0.1:{port}", proc, log)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited {proc.returncode}:\n{server.output()}")
+        try:
+            if httpx.get(f"{server.url}/health", timeout=1).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"server not ready after 120 s:\n{server.output()}")
+
+
+def stopped_gracefully(server: Server) -> bool:
+    """After SIGTERM: the process ended (uvicorn re-raises the signal once it has shut down,
+    so -SIGTERM is its normal exit) and the app's shutdown ran to its end."""
+    try:
+        code = server.proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        server.proc.kill()
+        raise
+    return code in (0, -signal.SIGTERM) and "stopped: every accepted request" in server.output()
+
+
+def adapter_args(trained_runs) -> list[str]:
+    return [
         "--adapter",
         f"weibo={trained_runs['lora']}",
         "--adapter",
         f"bottleneck={trained_runs['adapter']}",
-        "--port",
-        str(port),
         "--precision",
         "fp32",
     ]
-    proc = subprocess.Popen(
-        cmd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
+
+
+@pytest.fixture(scope="module")
+def server(trained_runs, tmp_path_factory):
+    srv = start_server(tmp_path_factory.mktemp("serve"), *adapter_args(trained_runs))
+    yield srv
+    srv.proc.send_signal(signal.SIGTERM)
+    assert stopped_gracefully(srv), srv.output()[-2000:]
+
+
+@pytest.fixture(scope="module")
+def local_classifier(trained_runs):
+    """The same adapters in this process: what every HTTP answer must match."""
+    from weibo_senti.predict import load_classifier
+
+    return load_classifier(
+        None,
+        [f"weibo={trained_runs['lora']}", f"bottleneck={trained_runs['adapter']}"],
+        precision="fp32",
     )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            log.seek(0)
-            raise RuntimeError(log.read().decode())
-        time.sleep(0.1)
-    yield url
-    proc.terminate()
-    proc.wait(timeout=60)
 
 
 def test_fuzz_never_crashes_the_server(server):
@@ -82,8 +125,79 @@ def test_fuzz_never_crashes_the_server(server):
     with httpx.Client(timeout=30) as c:
         for body in payloads:
             r = c.post(
-                f"{server}/v1/predict", content=body, headers={"content-type": "application/json"}
+                f"{server.url}/v1/predict",
+                content=body,
+                headers={"content-type": "application/json"},
             )
             assert 400 <= r.status_code < 500, (body[:40], r.status_code, r.text[:200])
             assert "error" in r.json()
-        assert c.get(f"{server}/health").status_code == 200
+        assert c.get(f"{server.url}/health").status_code == 200
+
+
+def test_load_2000_requests_32_clients_all_answered_and_correct(server, local_classifier):
+    rng = random.Random(7)
+    pool = [make_text(rng, rng.randrange(2), rng.randint(4, 40)) for _ in range(300)]
+    adapters = [None, "weibo", "bottleneck"]
+    requests = [(rng.sample(pool, rng.randint(1, 4)), rng.choice(adapters)) for _ in range(2000)]
+    default = local_classifier.active_adapter
+    expected = {
+        name: dict(zip(pool, local_classifier.predict(pool, adapter=name)))
+        for name in ("weibo", "bottleneck")
+    }
+
+    def client(chunk):
+        answers = []
+        with httpx.Client(timeout=60) as c:
+            for texts, adapter in chunk:
+                body = {"texts": texts} | ({"adapter": adapter} if adapter else {})
+                r = c.post(f"{server.url}/v1/predict", json=body)
+                answers.append((texts, adapter, r.status_code, r.json()))
+        return answers
+
+    with ThreadPoolExecutor(32) as pool_:
+        answers = [
+            a for part in pool_.map(client, [requests[i::32] for i in range(32)]) for a in part
+        ]
+
+    assert len(answers) == 2000
+    assert [a[2] for a in answers] == [200] * 2000
+    for texts, adapter, _, body in answers:
+        name = adapter or default
+        assert body["adapter"] == name
+        assert len(body["predictions"]) == len(texts)
+        for text, got in zip(texts, body["predictions"]):
+            want = expected[name][text]
+            assert got["adapter"] == name
+            assert got["probabilities"] == pytest.approx(want.probabilities, abs=1e-4)
+            if abs(want.score - 0.5) > 1e-4:  # a coin-flip score may tip either way
+                assert got["label"] == want.label
+    # the log has one structured line per request
+    lines = [json.loads(x) for x in server.output().splitlines() if x.startswith("{")]
+    assert sum(x["path"] == "/v1/predict" and x["status"] == 200 for x in lines) >= 2000
+
+
+def test_sigterm_lets_in_flight_requests_finish(trained_runs, tmp_path):
+    # A long gathering window keeps the requests in the queue when SIGTERM arrives.
+    srv = start_server(
+        tmp_path,
+        *adapter_args(trained_runs),
+        "--max-wait-ms",
+        "1500",
+        "--max-batch",
+        "1000",
+    )
+    texts = [make_text(random.Random(i), i % 2) for i in range(8)]
+
+    def ask(text):
+        return httpx.post(f"{srv.url}/v1/predict", json={"texts": [text]}, timeout=60)
+
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(ask, t) for t in texts]
+        time.sleep(0.5)  # all eight are waiting in the batcher
+        srv.proc.send_signal(signal.SIGTERM)
+        responses = [f.result() for f in futures]
+    assert stopped_gracefully(srv), srv.output()[-2000:]
+    assert [r.status_code for r in responses] == [200] * 8
+    assert all(r.json()["predictions"][0]["label"] in ("negative", "positive") for r in responses)
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{srv.url}/health", timeout=2)

@@ -131,6 +131,7 @@ def create_app(
         yield
         state["ready"] = False
         await batcher.stop()
+        log.info("stopped: every accepted request was answered")
 
     app = FastAPI(
         title="weibo-senti",
