@@ -201,3 +201,86 @@ def test_sigterm_lets_in_flight_requests_finish(trained_runs, tmp_path):
     assert all(r.json()["predictions"][0]["label"] in ("negative", "positive") for r in responses)
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{srv.url}/health", timeout=2)
+
+
+CHROMIUM = "/usr/bin/chromium"  # Debian's package; .ci/run installs it
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def assert_rendered_with_a_chinese_font(page, selector: str, glyphs: int) -> None:
+    """Chinese glyphs come from a font that has them, not as empty boxes (asks Chromium which
+    fonts drew the element, and fontconfig which installed fonts cover Chinese)."""
+    listed = subprocess.run(["fc-list", ":lang=zh", "family"], capture_output=True, text=True)
+    chinese = {name for line in listed.stdout.splitlines() for name in line.split(",")}
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("DOM.enable")
+    cdp.send("CSS.enable")
+    root = cdp.send("DOM.getDocument")["root"]["nodeId"]
+    node = cdp.send("DOM.querySelector", {"nodeId": root, "selector": selector})["nodeId"]
+    fonts = cdp.send("CSS.getPlatformFontsForNode", {"nodeId": node})["fonts"]
+    drawn = sum(f["glyphCount"] for f in fonts if f["familyName"] in chinese)
+    assert drawn >= glyphs, (fonts, sorted(chinese))
+
+
+def test_web_page_in_a_real_browser(server, local_classifier, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    posts = [make_text(random.Random(i), i % 2, 10 + i) for i in range(3)]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 900, "height": 700})
+        requested = []
+        page.on("request", lambda r: requested.append(r.url))
+        page.goto(server.url + "/")
+        assert page.evaluate("document.characterSet") == "UTF-8"
+        assert "微博情感分析" in page.inner_text("h1")
+        assert_rendered_with_a_chinese_font(page, "h1", glyphs=len("微博情感分析"))
+        page.wait_for_function("document.querySelectorAll('#adapter option').length == 2")
+        options = page.eval_on_selector_all("#adapter option", "os => os.map(o => o.value)")
+        assert options == ["weibo", "bottleneck"]
+        assert page.input_value("#adapter") == local_classifier.active_adapter
+
+        def analyse(adapter: str) -> list[tuple[str, str, str]]:
+            page.select_option("#adapter", adapter)
+            page.fill("#posts", "\n".join([posts[0], "", *posts[1:]]))  # blank lines are skipped
+            page.evaluate("document.getElementById('results').innerHTML = ''")
+            page.click("#go")
+            page.wait_for_function("document.querySelectorAll('#results .result').length == 3")
+            return [
+                (
+                    r.eval_on_selector(".label", "e => e.textContent"),
+                    r.eval_on_selector(".text", "e => e.textContent"),
+                    r.eval_on_selector(".fill", "e => e.style.width"),
+                )
+                for r in page.query_selector_all("#results .result")
+            ]
+
+        for adapter in ("bottleneck", "weibo"):
+            want = local_classifier.predict(posts, adapter=adapter)
+            got = analyse(adapter)
+            assert [g[0] for g in got] == [f"{w.label_zh} {w.label}" for w in want]
+            assert [g[1] for g in got] == posts
+            widths = [float(g[2].rstrip("%")) for g in got]
+            assert widths == pytest.approx([100 * w.score for w in want], abs=0.1)
+        assert "3 条" in page.inner_text("#status")
+
+        shot = tmp_path / "page.png"
+        page.screenshot(path=str(shot), full_page=True)
+        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        if os.environ.get("WEIBO_SENTI_SCREENSHOT"):  # keep one for the README
+            Path(os.environ["WEIBO_SENTI_SCREENSHOT"]).write_bytes(shot.read_bytes())
+
+        page.fill("#posts", "  \n ")
+        page.click("#go")
+        assert "请输入文本" in page.inner_text("#status")
+        browser.close()
+    # works offline: nothing but our own server was asked for anything
+    assert requested and all(u.startswith(server.url) for u in requested), requested
