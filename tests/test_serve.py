@@ -80,6 +80,23 @@ def test_bad_requests_get_clear_4xx_json(client, payload, status, message):
     assert client.get("/health").status_code == 200  # and the server is still fine
 
 
+def test_chunked_body_without_length_is_capped_too(client):
+    chunk = b'{"texts": ["' + b"x" * (64 << 10)
+
+    def body():  # no Content-Length: sent chunked
+        yield chunk
+        for _ in range(40):
+            yield b"x" * (64 << 10)
+        yield b'"]}'
+
+    r = client.post("/v1/predict", content=body(), headers={"content-type": "application/json"})
+    assert r.status_code == 413, r.text
+    assert "body over" in r.json()["error"]
+    small = iter([b'{"texts": ["', "好棒".encode(), b'"]}'])
+    r = client.post("/v1/predict", content=small, headers={"content-type": "application/json"})
+    assert r.status_code == 200, r.text
+
+
 def test_full_queue_answers_503_with_retry_after(clf):
     async def scenario():
         batcher = Batcher(clf, queue_size=1)  # worker not started: the queue stays full

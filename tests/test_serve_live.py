@@ -131,6 +131,9 @@ def test_fuzz_never_crashes_the_server(server):
             )
             assert 400 <= r.status_code < 500, (body[:40], r.status_code, r.text[:200])
             assert "error" in r.json()
+        # 2.5 MB sent chunked, with no Content-Length to check up front
+        r = c.post(f"{server.url}/v1/predict", content=iter([b"[" * (1 << 16)] * 40))
+        assert r.status_code == 413, r.text[:200]
         assert c.get(f"{server.url}/health").status_code == 200
 
 

@@ -108,6 +108,32 @@ class Batcher:
         return out
 
 
+class BodyLimit:
+    """ASGI middleware: a body over `limit` bytes gets 413, also when it comes chunked without a
+    Content-Length, counted as it arrives so that no more than `limit` bytes are ever held."""
+
+    def __init__(self, app, limit: int = MAX_BODY):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        from starlette.exceptions import HTTPException
+
+        received = 0
+
+        async def limited_receive():
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                # FastAPI passes an HTTPException from reading the body on to its handler
+                raise HTTPException(413, f"body over {self.limit} bytes")
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
 def create_app(
     clf,
     max_batch: int = 32,
@@ -139,6 +165,8 @@ def create_app(
         lifespan=lifespan,
         description="Weibo sentiment (negative/positive) from a fine-tuned GPT-2.",
     )
+
+    app.add_middleware(BodyLimit, limit=MAX_BODY)
 
     def error(status: int, message: str, **extra):
         return JSONResponse({"error": message, **extra}, status_code=status)
