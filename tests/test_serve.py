@@ -42,6 +42,16 @@ def test_health_adapters_page_and_docs(client):
     assert client.get("/docs").status_code == 200
 
 
+def test_health_says_loading_until_the_app_has_started(clf):
+    app = create_app(clf)
+    early = TestClient(app)  # not entered: the lifespan (batcher start) has not run
+    r = early.get("/health")
+    assert r.status_code == 503 and r.json()["error"] == "loading"
+    assert early.post("/v1/predict", json={"texts": [POS]}).status_code == 503
+    with TestClient(app) as started:
+        assert started.get("/health").status_code == 200
+
+
 def test_predict_matches_in_process_predictions(client, clf):
     r = client.post("/v1/predict", json={"texts": [POS, NEG, "我" * 500]})
     assert r.status_code == 200

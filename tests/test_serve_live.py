@@ -284,6 +284,10 @@ def test_web_page_in_a_real_browser(server, local_classifier, tmp_path):
         page.fill("#posts", "  \n ")
         page.click("#go")
         assert "请输入文本" in page.inner_text("#status")
+
+        # the OpenAPI docs render offline too (Swagger UI from packaged files)
+        page.goto(server.url + "/docs")
+        page.wait_for_selector(".opblock-summary-path[data-path='/v1/predict']", timeout=20_000)
         browser.close()
     # works offline: nothing but our own server was asked for anything
     assert requested and all(u.startswith(server.url) for u in requested), requested

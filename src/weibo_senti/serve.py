@@ -143,9 +143,10 @@ def create_app(
 ):
     from contextlib import asynccontextmanager
 
-    from fastapi import FastAPI, Request
+    from fastapi import Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import HTMLResponse, JSONResponse
+    from fastapi_offline import FastAPIOffline
 
     state = {"ready": False, "batcher": None}
 
@@ -159,7 +160,7 @@ def create_app(
         await batcher.stop()
         log.info("stopped: every accepted request was answered")
 
-    app = FastAPI(
+    app = FastAPIOffline(
         title="weibo-senti",
         version="1",
         lifespan=lifespan,
