@@ -80,7 +80,10 @@ def main() -> None:
     ap.add_argument("--tokenizer", default=str(SHARED / "models/gpt2-mini-zh"))
     ap.add_argument("--requests", type=int, default=160)
     ap.add_argument("--out", default="benchmarks/serve.json")
+    ap.add_argument("--plot-only", action="store_true", help="re-draw the PNG from --out")
     args = ap.parse_args()
+    if args.plot_only:
+        return plot(json.loads(Path(args.out).read_text()), Path(args.out).with_suffix(".png"))
     sys.path.insert(0, str(Path(__file__).parent))
     import bench
 
@@ -104,6 +107,7 @@ def main() -> None:
             proc.terminate()
             proc.wait(timeout=60)
     Path(args.out).write_text(json.dumps(rows, indent=2))
+    plot(rows, Path(args.out).with_suffix(".png"))
     print("| micro-batching | clients | requests/s | p50 ms | p99 ms | errors |")
     print("|---|---|---|---|---|---|")
     for r in rows:
@@ -111,6 +115,35 @@ def main() -> None:
             f"| {'on' if r['micro_batching'] else 'off'} | {r['clients']} | "
             f"{r['req_per_s']:.1f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {r['errors']} |"
         )
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for micro, style, color in ((True, "o-", "tab:blue"), (False, "s--", "tab:orange")):
+        rs = [r for r in rows if r["micro_batching"] == micro]
+        label = "micro-batching " + ("on" if micro else "off")
+        clients = [r["clients"] for r in rs]
+        left.plot(clients, [r["req_per_s"] for r in rs], style, color=color, label=label)
+        right.plot(clients, [r["p50_ms"] for r in rs], style, color=color, label=label + ", p50")
+        right.plot(
+            clients, [r["p99_ms"] for r in rs], style, color=color, alpha=0.4, label=label + ", p99"
+        )
+    for ax, ylabel in ((left, "requests / s"), (right, "latency (ms)")):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks([1, 8, 32], ["1", "8", "32"])
+        ax.set_xlabel("concurrent clients")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("weibo-senti serve, GPT-2 small shape, 2 CPU cores")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":
