@@ -110,6 +110,20 @@ def train_config(method, base, train, dev, out, **kw):
     return TrainConfig(**values)
 
 
+def train_until_interrupted(cfg, step: int) -> None:
+    """Run `cfg` and stop it with Ctrl-C (KeyboardInterrupt) at `step`, like a user would."""
+    import pytest
+
+    from weibo_senti.train import train
+
+    def interrupt(at):
+        if at == step:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, on_step=interrupt)
+
+
 @pytest.fixture(scope="session")
 def trained_runs(tmp_path_factory, tiny_base, task_files):
     """One finished run per method, trained once for the whole session."""

@@ -228,18 +228,10 @@ def test_train_with_config_file_and_split(tmp_path, tiny_base, task_files):
 
 
 def test_resume_through_cli(tmp_path, tiny_base, task_files):
-    from conftest import train_config
-
-    from weibo_senti.train import train
+    from conftest import train_config, train_until_interrupted
 
     cfg = train_config("lora", tiny_base, *task_files, tmp_path / "r", epochs=2, save_steps=10)
-
-    def crash(step):
-        if step == 45:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg, on_step=crash)
+    train_until_interrupted(cfg, step=45)
     code, out, err = cli("train", "--resume", "--out", tmp_path / "r")
     assert code == 0, err
     assert json.loads((tmp_path / "r" / "run.json").read_text())["complete"]

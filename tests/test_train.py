@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import train_config
+from conftest import train_config, train_until_interrupted
 from safetensors.torch import load_file
 
 from weibo_senti import SentimentClassifier, UserError
@@ -125,13 +125,9 @@ def test_resume_after_interruption_matches_uninterrupted(tiny_base, task_files, 
     kw = dict(epochs=2, save_steps=7, logging_steps=4)
     full = train(train_config(method, tiny_base, *task_files, tmp_path / "a", **kw))
 
-    def crash(step):
-        if step == 40:  # mid-epoch 2 (30 steps per epoch), after the checkpoint at 35
-            raise KeyboardInterrupt
-
     cfg = train_config(method, tiny_base, *task_files, tmp_path / "b", **kw)
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg, on_step=crash)
+    # mid-epoch 2 (30 steps per epoch), after the checkpoint at 35
+    train_until_interrupted(cfg, step=40)
     assert (tmp_path / "b" / "checkpoint").is_dir()
     with pytest.raises(UserError, match="--resume"):
         train(cfg)  # refuses to clobber the interrupted run
@@ -169,13 +165,7 @@ def test_fp16_without_cuda_is_a_clear_error(tiny_base, task_files, tmp_path):
 
 def test_corrupt_checkpoint_is_named_on_resume(tiny_base, task_files, tmp_path):
     cfg = train_config("adapter", tiny_base, *task_files, tmp_path / "r", epochs=2, save_steps=5)
-
-    def crash(step):
-        if step == 7:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg, on_step=crash)
+    train_until_interrupted(cfg, step=7)
     (tmp_path / "r" / "checkpoint" / "optimizer.pt").write_bytes(b"garbage")
     with pytest.raises(UserError, match="corrupt checkpoint file .*optimizer.pt"):
         train(cfg, resume=True)

@@ -109,8 +109,8 @@ class Batcher:
 
 
 class BodyLimit:
-    """ASGI middleware: a body over `limit` bytes gets 413, also when it comes chunked without a
-    Content-Length, counted as it arrives so that no more than `limit` bytes are ever held."""
+    """ASGI middleware: a body over `limit` bytes gets 413 — at once when Content-Length says so,
+    else counted as it arrives (chunked), so that no more than `limit` bytes are ever held."""
 
     def __init__(self, app, limit: int = MAX_BODY):
         self.app, self.limit = app, limit
@@ -119,7 +119,12 @@ class BodyLimit:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         from starlette.exceptions import HTTPException
+        from starlette.responses import JSONResponse
 
+        too_large = f"body over {self.limit} bytes"
+        size = dict(scope["headers"]).get(b"content-length")
+        if size is not None and (not size.isdigit() or int(size) > self.limit):
+            return await JSONResponse({"error": too_large}, 413)(scope, receive, send)
         received = 0
 
         async def limited_receive():
@@ -128,7 +133,7 @@ class BodyLimit:
             received += len(message.get("body", b""))
             if received > self.limit:
                 # FastAPI passes an HTTPException from reading the body on to its handler
-                raise HTTPException(413, f"body over {self.limit} bytes")
+                raise HTTPException(413, too_large)
             return message
 
         await self.app(scope, limited_receive, send)
@@ -173,17 +178,13 @@ def create_app(
         return JSONResponse({"error": message, **extra}, status_code=status)
 
     @app.middleware("http")
-    async def limits_and_log(request: Request, call_next):
+    async def json_body_and_log(request: Request, call_next):
         t0 = time.perf_counter()
         if request.url.path == "/v1/predict":
             # `curl -d '{...}'` sends form encoding: the body is JSON whatever the header says.
             headers = [(k, v) for k, v in request.scope["headers"] if k != b"content-type"]
             request.scope["headers"] = headers + [(b"content-type", b"application/json")]
-        size = request.headers.get("content-length")
-        if size is not None and (not size.isdigit() or int(size) > MAX_BODY):
-            response = error(413, f"body over {MAX_BODY} bytes")
-        else:
-            response = await call_next(request)
+        response = await call_next(request)
         log.info(
             json.dumps(
                 {
