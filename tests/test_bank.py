@@ -66,7 +66,7 @@ def base_weights(clf):
     return {
         k: v.clone()
         for k, v in clf.bank.base.state_dict().items()
-        if "lora_" not in k and "senti_adapters" not in k and "heads" not in k
+        if "lora_" not in k and "senti_" not in k and "score" not in k
     }
 
 
@@ -127,7 +127,7 @@ def test_mismatched_or_unsuitable_adapters_are_refused(trained_runs, tmp_path):
     other = tmp_path / "other"
     shutil.copytree(trained_runs["adapter"], other)
     info = json.loads((other / "run.json").read_text())
-    info["base"]["n_embd"] = 64
+    info["base"]["fingerprint"]["n_embd"] = 64
     (other / "run.json").write_text(json.dumps(info))
     with pytest.raises(UserError, match="different base"):
         clf.add_adapter("other", other)
@@ -215,7 +215,7 @@ def test_merge_gives_a_plain_transformers_folder_with_the_same_probabilities(
     tok = AutoTokenizer.from_pretrained(str(tmp_path / "merged"))
     assert model.config.pad_token_id == tok.pad_token_id == 0
     assert model.config.id2label == {0: "negative", 1: "positive"}
-    enc = tok(TEXTS, padding=True, return_tensors="pt", return_token_type_ids=False)
+    enc = tok(TEXTS, padding=True, return_tensors="pt")  # the saved tokenizer's defaults
     with torch.no_grad():
         merged = model(**enc).logits.softmax(-1).numpy()
     unmerged = load(trained_runs["lora"]).predict_proba(TEXTS)
@@ -231,7 +231,7 @@ def test_merge_refuses_bottleneck_adapters_but_exports_them(trained_runs, tmp_pa
     code, _, err = cli("merge", trained_runs["adapter"], "--out", tmp_path / "m", "--export")
     assert code == 0, err
     info = json.loads((tmp_path / "m" / "run.json").read_text())
-    assert info["base_model"] == "base" and (tmp_path / "m" / "base" / "config.json").is_file()
+    assert info["base"]["bundled"] and (tmp_path / "m" / "base" / "config.json").is_file()
     exported = load(tmp_path / "m").predict_logits(TEXTS)[0]  # needs nothing but the folder
     assert np.abs(exported - load(trained_runs["adapter"]).predict_logits(TEXTS)[0]).max() < 1e-6
 
@@ -259,7 +259,8 @@ def test_combine_weights_adapters_and_heads(trained_runs, flipped_run, tmp_path)
     )
     assert code == 0, err
     info = json.loads((tmp_path / "half" / "run.json").read_text())
-    assert info["weights"] == [0.5, 0.5] and info["combination_type"] == "cat"
+    assert info["origin"]["weights"] == [0.5, 0.5]
+    assert info["origin"]["combination_type"] == "cat"
     assert load(tmp_path / "half").predict_proba(TEXTS).shape == (4, 2)
     code, _, err = cli(
         "combine", trained_runs["lora"], trained_runs["adapter"], "--out", tmp_path / "bad"

@@ -60,6 +60,8 @@ def cli_runs(tmp_path_factory, tiny_base, task_files):
             40,
             "--warmup-ratio",
             0,
+            "--precision",  # Accelerate keeps one precision per process: the tests' fp32
+            "fp32",
             *extra,
         )
         assert code == 0, err
@@ -211,7 +213,7 @@ def test_train_with_config_file_and_split(tmp_path, tiny_base, task_files):
     cfg = tmp_path / "hp.yaml"
     cfg.write_text(
         f"method: adapter\nepochs: 1\nadapter_size: 8\nbase_model: {tiny_base}\n"
-        "max_length: 32\nlr: 0.003\n",
+        "max_length: 32\nlr: 0.003\nprecision: fp32\n",
         encoding="utf-8",
     )
     out = tmp_path / "run"

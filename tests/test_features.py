@@ -5,16 +5,16 @@ from __future__ import annotations
 import pytest
 
 from weibo_senti.features import EpochBatchSampler, encode, pad_batch
-from weibo_senti.modeling import load_tokenizer
+from weibo_senti.runfolder import load_tokenizer
 
 
 @pytest.fixture(scope="module")
 def tok(tiny_base):
-    return load_tokenizer(tiny_base)
+    return load_tokenizer(tiny_base, max_length=10)
 
 
 def test_encode_truncates_keeping_sep_and_flags_it(tok):
-    ids, cut = encode(tok, ["好差", "好" * 10, "好" * 8, "好" * 10_000], max_length=10)
+    ids, cut = encode(tok, ["好差", "好" * 10, "好" * 8, "好" * 10_000])
     assert cut == [False, True, False, True]
     assert [len(x) for x in ids] == [4, 10, 10, 10]
     for x in ids:
@@ -62,11 +62,24 @@ def test_encode_cache_returns_the_same_and_survives_damage(tok, tmp_path):
     from weibo_senti.features import encode_cached
 
     texts = ["好差", "好" * 50, "", "我你他"]
-    fresh = encode(tok, texts, 10)
-    assert encode_cached(tok, texts, 10, cache_dir=tmp_path) == fresh
+    fresh = encode(tok, texts)
+    assert encode_cached(tok, texts, cache_dir=tmp_path) == fresh
     (entry,) = tmp_path.iterdir()
-    assert encode_cached(tok, texts, 10, cache_dir=tmp_path) == fresh  # from the cache
-    assert encode_cached(tok, texts, 12, cache_dir=tmp_path) == encode(tok, texts, 12)
-    assert len(list(tmp_path.iterdir())) == 2  # max_length is part of the key
+    assert encode_cached(tok, texts, cache_dir=tmp_path) == fresh  # from the cache
+    tok.model_max_length = 12
+    try:
+        assert encode_cached(tok, texts, cache_dir=tmp_path) == encode(tok, texts) != fresh
+        assert len(list(tmp_path.iterdir())) == 2  # the max length is part of the key
+    finally:
+        tok.model_max_length = 10
     entry.write_bytes(b"damaged")
-    assert encode_cached(tok, texts, 10, cache_dir=tmp_path) == fresh
+    assert encode_cached(tok, texts, cache_dir=tmp_path) == fresh
+
+
+def test_encode_equals_the_stock_tokenizer_call_even_past_the_pre_cut(tok):
+    # 200 letters per word: each word is one [UNK] token, so the 160-character pre-cut
+    # would keep too few tokens; encode notices and tokenizes the whole text.
+    texts = ["好" * 5, "好" * 30, " ".join(["a" * 200] * 30), "差 " * 100]
+    ids, cut = encode(tok, texts)
+    assert ids == tok(texts, truncation=True)["input_ids"]
+    assert cut == [False, True, True, True]

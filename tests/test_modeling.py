@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import GPT2ForSequenceClassification
 
-from weibo_senti import TrainConfig, UserError, adapters, modeling
+from weibo_senti import TrainConfig, UserError, adapters, modeling, runfolder
 
 
 def gpt2_small_on_meta():
@@ -35,7 +35,7 @@ def test_trainable_parameters_of_gpt2_small(method, trainable, total):
 
 
 def tiny_classifier(tiny_base):
-    tok = modeling.load_tokenizer(tiny_base)
+    tok = runfolder.load_tokenizer(tiny_base, max_length=40)
     return modeling.load_base_classifier(tiny_base, tok), tok
 
 
@@ -48,7 +48,7 @@ def test_base_classifier_pads_with_pad_token(tiny_base):
 def test_adapter_starts_as_identity_and_can_be_switched_off(tiny_base):
     model, tok = tiny_classifier(tiny_base)
     model.eval()
-    x = tok(["好的人", "差"], padding=True, return_tensors="pt", return_token_type_ids=False)
+    x = tok(["好的人", "差"], padding=True, return_tensors="pt")
     before = model(**x).logits
     adapters.add_adapter(model, "a", 8)
     assert torch.equal(model(**x).logits, before)  # up-projection starts at zero
@@ -71,7 +71,7 @@ def test_tokenizer_that_does_not_fit_the_model_is_refused(tiny_base, tmp_path):
     broken = BertTokenizer(vocab_file=str(tiny_base / "vocab.txt"))
     model, _ = tiny_classifier(tiny_base)
     with pytest.raises(UserError, match="do not belong together"):
-        modeling.load_tokenizer_check(broken, model.config)
+        modeling.check_tokenizer_fits(broken, model.config)
 
 
 def test_auto_precision_follows_the_hardware(monkeypatch):

@@ -8,12 +8,15 @@ release with CVE-2026-4372.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
 from .errors import UserError
 
 ATTR = "senti_adapters"  # name of the ModuleDict on each block
+HEADS = "senti_heads"  # classification heads of loaded adapters, on the model
 
 
 class BottleneckAdapter(nn.Module):
@@ -100,3 +103,63 @@ def load_adapter_state_dict(model: nn.Module, state: dict[str, torch.Tensor], na
 def adapter_parameters(model: nn.Module, name: str = "default"):
     for block in blocks(model):
         yield from getattr(block, ATTR)[name].parameters()
+
+
+def export(model: nn.Module, name: str, head: nn.Linear) -> tuple[dict, dict]:
+    """(tensors, config) of adapter ``name`` with its classification ``head``, for saving."""
+    state = {
+        f"adapter.{k}": v.detach().cpu().contiguous()
+        for k, v in adapter_state_dict(model, name).items()
+    }
+    state["score.weight"] = head.weight.detach().cpu().contiguous()
+    config = {
+        "adapter_type": "bottleneck",
+        "size": blocks(model)[0].senti_adapters[name].down.out_features,
+        "hidden_size": model.config.n_embd,
+        "num_layers": len(blocks(model)),
+        "activation": "gelu",
+        "placement": "after each transformer block, residual",
+    }
+    return state, config
+
+
+def load(model: nn.Module, name: str, config: dict, state: dict) -> None:
+    """Add adapter ``name`` from ``export``'s (config, tensors), with its own head."""
+    if "score.weight" not in state:
+        raise UserError("the adapter's weights have no score head")
+    add_adapter(model, name, int(config["size"]))
+    set_active(model, None)  # it runs only inside ``answering``
+    load_adapter_state_dict(
+        model, {k[len("adapter.") :]: v for k, v in state.items() if k.startswith("adapter.")}, name
+    )
+    weight = state["score.weight"]
+    param = next(model.parameters())
+    head = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device=param.device)
+    head.weight.data = weight.to(param.dtype)
+    if not hasattr(model, HEADS):
+        model.add_module(HEADS, nn.ModuleDict())
+    getattr(model, HEADS)[name] = head.eval()
+
+
+def head(model: nn.Module, name: str) -> nn.Linear:
+    return getattr(model, HEADS)[name]
+
+
+def unload(model: nn.Module, name: str) -> None:
+    remove_adapter(model, name)
+    del getattr(model, HEADS)[name]
+
+
+@contextlib.contextmanager
+def answering(model: nn.Module, name: str):
+    """Within: adapter ``name`` runs in every block and its head stands in for ``score``."""
+    blocks_active = [getattr(b, "senti_active", None) for b in blocks(model)]
+    score = model.score
+    set_active(model, name)
+    model.score = getattr(model, HEADS)[name]
+    try:
+        yield
+    finally:
+        model.score = score
+        for block, active in zip(blocks(model), blocks_active):
+            block.senti_active = active

@@ -94,12 +94,11 @@ def train(
     from .config import TrainConfig
     from .train import train as run_training
 
-    if resume:
+    if resume:  # the folder named by --out, whatever `out` its hyperparameters recorded
         folder = Path(out or f"runs/{method or 'lora'}")
-        saved = folder / "hyperparameters.yaml"
-        if not saved.is_file():
-            raise UserError(f"{folder} has no hyperparameters.yaml to resume")
-        cfg = TrainConfig.from_sources(saved)
+        from .runfolder import read_hyperparameters
+
+        cfg = TrainConfig.from_sources(read_hyperparameters(folder), out=str(folder))
     else:
         cfg = TrainConfig.from_sources(config, **options)
     clf = run_training(cfg, resume=resume, overwrite=overwrite)
@@ -358,8 +357,27 @@ def _is_number(text: str) -> bool:
         return False
 
 
-def main() -> None:
+def configure_process() -> None:
+    """Process-wide settings belong to the command, never to the library."""
+    import os
+    import warnings
+
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    # transformers warns about uer's out-of-vocabulary bos/eos ids and the fresh head; PEFT
+    # calls deprecated helpers: noise to someone running a command.
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    if "OMP_NUM_THREADS" not in os.environ and hasattr(os, "sched_getaffinity"):
+        import torch
+
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))  # every core we may use
+
+
+def main() -> None:
+    configure_process()
     try:
         app(args=expand_multi_value(sys.argv[1:]))
     except UserError as e:

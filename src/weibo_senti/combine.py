@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
-from .bank import LORA_HEAD
+from . import runfolder
 from .errors import UserError
-from .files import replace_dir
-from .merge import _fresh_tmp, _RunCfg
-from .predict import SentimentClassifier
-from .runs import read_run_info, write_run_info
 
 COMBINATIONS = (
     "cat",
@@ -48,31 +44,21 @@ def combine(
         raise UserError(f"{len(weights)} weights for {len(runs)} runs")
     if combination_type not in COMBINATIONS:
         raise UserError(f"--combination-type must be one of {', '.join(COMBINATIONS)}")
-    infos = [read_run_info(r) for r in runs]
+    infos = [runfolder.read_info(r) for r in runs]
     for r, info in zip(runs, infos):
-        if info["method"] != "lora":
-            raise UserError(f"{r} is a {info['method']} run: only LoRA runs can be combined")
-    names = [f"run{i}" for i in range(len(runs))]
-    clf = SentimentClassifier.load(
-        runs[0], base_model, precision="fp32", merge=False, name=names[0]
-    )
-    for name, r in zip(names[1:], runs[1:]):
-        clf.add_adapter(name, r)  # refuses runs on another base
-    peft_model = clf.bank.model
+        if info.method != "lora":
+            raise UserError(f"{r} is a {info.method} run: only LoRA runs can be combined")
+    peft_model, heads = _load_for_combination(runs, infos, base_model)
+    uids = [f"run{i}" for i in range(len(runs))]
     kw = {"density": density} if density is not None else {}
     try:
         peft_model.add_weighted_adapter(
-            [clf.bank.ids[n] for n in names],
-            weights,
-            "combined",
-            combination_type=combination_type,
-            **kw,
+            uids, weights, "combined", combination_type=combination_type, **kw
         )
     except ValueError as e:  # e.g. "linear" with different ranks
         raise UserError(
             f"PEFT cannot combine these adapters with {combination_type}: {e}"
         ) from None
-    heads = [clf.bank.heads.heads[clf.bank.ids[n]].weight.detach() for n in names]
     if head == "weighted":
         head_weight = sum(w * h for w, h in zip(weights, heads))
     elif head.isdigit() and int(head) < len(runs):
@@ -83,25 +69,53 @@ def combine(
     from peft import get_peft_model_state_dict
 
     state = get_peft_model_state_dict(peft_model, adapter_name="combined")
-    state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
-    state[LORA_HEAD] = head_weight.cpu().contiguous().to(torch.float32)
+    state = {k: v.detach().cpu().contiguous() for k, v in state.items() if "score" not in k}
+    state[_HEAD_KEY] = head_weight.detach().cpu().contiguous().to(torch.float32)
     config = peft_model.peft_config["combined"]
     config.modules_to_save = ["classifier", "score"]
     config.task_type = "SEQ_CLS"
-    config.base_model_name_or_path = infos[0]["base_model"]
-    tmp = _fresh_tmp(out, overwrite)
-    save_file(state, str(tmp / "adapter_model.safetensors"))
-    config.save_pretrained(str(tmp))
-    clf.tokenizer.save_pretrained(str(tmp))
-    write_run_info(
-        tmp,
-        _RunCfg(infos[0]),
-        clf.bank.base.config,
-        clf.tokenizer,
-        combined_from=[str(r) for r in runs],
-        weights=list(weights),
-        combination_type=combination_type,
-        head=head,
-    )
-    replace_dir(tmp, out)
+    staging = runfolder.staging_dir(out, overwrite)
+    runfolder.save_lora_state(staging, state, config, infos[0].base.name)
+    runfolder.save_tokenizer(runfolder.run_tokenizer(runs[0], infos[0]), staging)
+    origin = {
+        "combined_from": [str(r) for r in runs],
+        "weights": list(weights),
+        "combination_type": combination_type,
+        "head": head,
+    }
+    runfolder.write_info(staging, dataclasses.replace(infos[0], origin=origin))
+    runfolder.publish(staging, out)
     return out
+
+
+# Where PEFT keeps a sequence classifier's head in a saved adapter (modules_to_save).
+_HEAD_KEY = "base_model.model.score.weight"
+
+
+def _load_for_combination(runs: list[Path], infos, base_model: str | None):
+    """The runs' LoRA weights in one PEFT model, and their heads apart: PEFT's
+    add_weighted_adapter refuses adapters that carry modules_to_save (the head)."""
+    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+
+    from . import modeling
+
+    for r, info in zip(runs[1:], infos[1:]):
+        if info.base.fingerprint != infos[0].base.fingerprint:
+            raise UserError(f"{r} was trained on a different base than {runs[0]}")
+    base = runfolder.resolve_base(runs[0], infos[0], base_model)
+    tokenizer = runfolder.run_tokenizer(runs[0], infos[0])
+    model, heads = modeling.load_base_classifier(base, tokenizer), []
+    for i, run in enumerate(runs):
+        state = runfolder.read_lora(run)
+        config = LoraConfig.from_pretrained(str(run))
+        config.modules_to_save, config.task_type, config.inference_mode = None, None, True
+        if i == 0:
+            model = get_peft_model(model, config, adapter_name=f"run{i}")
+        else:
+            model.add_adapter(f"run{i}", config)
+        lora = {k: v for k, v in state.items() if "lora_" in k}
+        set_peft_model_state_dict(model, lora, adapter_name=f"run{i}")
+        if _HEAD_KEY not in state:
+            raise UserError(f"{run} has no score head")
+        heads.append(state[_HEAD_KEY])
+    return model, heads

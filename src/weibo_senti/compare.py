@@ -3,13 +3,13 @@ same splits, same base; a table (Markdown + JSON) and plots."""
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from pathlib import Path
 
 import numpy as np
 
+from . import runfolder
 from .config import TrainConfig
 from .errors import UserError
 from .files import write_json, write_text
@@ -17,7 +17,6 @@ from .isolate import peak_rss_mb, run_isolated
 from .progress import progress
 
 METHODS = ("full", "adapter", "lora", "tfidf")
-WEIGHT_FILES = ("model.safetensors", "adapter_model.safetensors")
 
 
 def _speed(predict_proba, texts: list[str]) -> dict:
@@ -66,15 +65,14 @@ def run_neural(cfg: TrainConfig, extra: dict, infer_texts: int) -> dict:
     trained = train(cfg, overwrite=True)
     wall = time.perf_counter() - t0
     run = trained.run
-    results = json.loads((run / "eval_results.json").read_text())
+    results = runfolder.read_eval_results(run)
     clf = SentimentClassifier.load(run)  # the product's inference path
     _, dev = load_splits(cfg)
     info = clf.info
     row = {
-        "trainable_params": info["trainable_params"],
-        "trainable_share": info["trainable_params"] / info["all_params"],
-        "artifact_mb": sum((run / f).stat().st_size for f in WEIGHT_FILES if (run / f).is_file())
-        / 2**20,
+        "trainable_params": info.trainable_params,
+        "trainable_share": info.trainable_params / info.all_params,
+        "artifact_mb": runfolder.weights_size_mb(run),
         "train_wall_s": wall,
         "train_samples_per_s": results["train_samples_per_second"],
         **_scores(clf.predict_proba, dev, extra),

@@ -13,7 +13,7 @@ from .hub import DEFAULT_BASE_MODEL
 
 METHODS = ("lora", "adapter", "full")
 DEFAULT_LR = {"lora": 5e-4, "adapter": 1e-3, "full": 2e-5}
-PRECISIONS = ("auto", "no", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # training; "no" is read as fp32
 
 
 @dataclass
@@ -50,6 +50,8 @@ class TrainConfig:
     def __post_init__(self):
         if self.method not in METHODS:
             raise UserError(f"--method must be one of {', '.join(METHODS)}, not {self.method!r}")
+        if self.precision == "no":  # Accelerate's word, and older hyperparameters.yaml files
+            self.precision = "fp32"
         if self.precision not in PRECISIONS:
             raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}")
         if self.lr is None:

@@ -20,8 +20,6 @@ EMOTICON = re.compile(r"\[[^\[\]]{1,8}\]")
 # More than this share of rows with labels other than 0/1 means the file uses another scheme.
 MAX_BAD_LABEL_SHARE = 0.1
 
-csv.field_size_limit(2**31 - 1)  # huge texts are truncated at tokenization, not refused here
-
 
 def strip_emoticons(text: str) -> str:
     """Remove Weibo emoticon tokens such as [哈哈]: weibo_senti_100k's labels come from them."""
@@ -84,6 +82,15 @@ def _rows(text: str, path: Path):
         return
     first = text.split("\n", 1)[0]
     delimiter = "\t" if suffix == ".tsv" or ("\t" in first and "," not in first) else ","
+    # csv's field limit is process-wide: raised only while this file is read, then restored.
+    limit = csv.field_size_limit(2**31 - 1)  # huge texts are cut at tokenization, not here
+    try:
+        yield from _csv_rows(text, path, delimiter)
+    finally:
+        csv.field_size_limit(limit)
+
+
+def _csv_rows(text: str, path: Path, delimiter: str):
     reader = csv.reader(text.splitlines(keepends=True), delimiter=delimiter)
     try:
         header = [h.strip() for h in next(reader)]

@@ -11,23 +11,34 @@ from torch.utils.data import Sampler
 CHARS_PER_TOKEN_CAP = 16  # pre-cut huge texts: no wordpiece token is longer than this
 
 
-def encode(tokenizer, texts: list[str], max_length: int) -> tuple[list[list[int]], list[bool]]:
-    """Token ids ([CLS] text [SEP], at most ``max_length``) and whether each text was cut."""
+def encode(tokenizer, texts: list[str]) -> tuple[list[list[int]], list[bool]]:
+    """Token ids and whether each text was cut: exactly ``tokenizer(text, truncation=True)``.
+
+    The tokenizer's own rules decide (``model_max_length``, no token_type_ids), as in any
+    stock client. Huge texts are pre-cut for speed; where that could matter (the cut text
+    came out shorter than the limit) the whole text is tokenized again.
+    """
+    max_length = tokenizer.model_max_length
     clipped = [t[: max_length * CHARS_PER_TOKEN_CAP] for t in texts]
     # One token over the limit tells us whether truncation happened, without a second pass.
-    enc = tokenizer(
-        clipped,
-        truncation=True,
-        max_length=max_length + 1,
-        return_token_type_ids=False,  # GPT-2 would add them as token embeddings
-        return_attention_mask=False,
-    )["input_ids"]
-    ids, truncated = [], []
-    for full, orig, clip in zip(enc, texts, clipped):
-        cut = len(full) > max_length or len(orig) > len(clip)
-        ids.append(full[: max_length - 1] + [full[-1]] if len(full) > max_length else full)
-        truncated.append(cut)
+    full = _ids(tokenizer, clipped, max_length + 1)
+    redo = [
+        i
+        for i, (t, c) in enumerate(zip(texts, clipped))
+        if len(t) > len(c) and len(full[i]) <= max_length
+    ]
+    for i, ids in zip(redo, _ids(tokenizer, [texts[i] for i in redo], max_length + 1)):
+        full[i] = ids
+    truncated = [len(x) > max_length for x in full]
+    ids = [x[: max_length - 1] + [x[-1]] if cut else x for x, cut in zip(full, truncated)]
     return ids, truncated
+
+
+def _ids(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
+    if not texts:
+        return []
+    enc = tokenizer(texts, truncation=True, max_length=max_length, return_attention_mask=False)
+    return enc["input_ids"]
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -37,8 +48,8 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return hashlib.sha256((vocab + settings).encode()).hexdigest()[:16]
 
 
-def encode_cached(tokenizer, texts: list[str], max_length: int, cache_dir=None):
-    """``encode`` with the result kept on disk per (texts, tokenizer, max_length)."""
+def encode_cached(tokenizer, texts: list[str], cache_dir=None):
+    """``encode`` with the result kept on disk per (texts, tokenizer and its max length)."""
     from safetensors.torch import load_file, save_file
 
     from .files import atomic_write
@@ -47,7 +58,7 @@ def encode_cached(tokenizer, texts: list[str], max_length: int, cache_dir=None):
     digest = hashlib.sha256()
     for t in texts:
         digest.update(t.encode("utf-8", "surrogatepass") + b"\0")
-    digest.update(f"{tokenizer_fingerprint(tokenizer)}|{max_length}".encode())
+    digest.update(f"{tokenizer_fingerprint(tokenizer)}|{tokenizer.model_max_length}".encode())
     path = (cache_dir or default_cache() / "tokens") / f"{digest.hexdigest()[:32]}.safetensors"
     if path.is_file():
         try:
@@ -57,7 +68,7 @@ def encode_cached(tokenizer, texts: list[str], max_length: int, cache_dir=None):
             return ids, [bool(x) for x in t["truncated"].tolist()]
         except Exception:  # a damaged cache entry is rebuilt, never trusted
             path.unlink(missing_ok=True)
-    ids, truncated = encode(tokenizer, texts, max_length)
+    ids, truncated = encode(tokenizer, texts)
     lengths = torch.tensor([0] + [len(x) for x in ids])
     tensors = {
         "ids": torch.tensor([i for x in ids for i in x], dtype=torch.int32),

@@ -28,6 +28,11 @@ def cache_dir() -> Path:
     return Path(root)
 
 
+def looks_like_hub_id(name: str) -> bool:
+    """``owner/name`` or ``name``: not a path (``./x``, ``/x``, ``~/x``, ``a/b/c``)."""
+    return bool(name) and not name.startswith((".", "/", "~")) and name.count("/") <= 1
+
+
 def resolve_base_model(name_or_path: str) -> Path:
     """A local folder as it is, or a hub id downloaded once into the hub cache."""
     path = Path(name_or_path).expanduser()
@@ -35,7 +40,7 @@ def resolve_base_model(name_or_path: str) -> Path:
         if not (path / "config.json").is_file():
             raise UserError(f"base model folder {path} has no config.json")
         return path
-    if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
+    if not looks_like_hub_id(name_or_path):
         raise UserError(f"base model folder {name_or_path} does not exist")
     from huggingface_hub import snapshot_download
 

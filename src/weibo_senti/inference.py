@@ -10,14 +10,6 @@ from torch import nn
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
 
 
-def use_all_cores() -> None:
-    """Intra-op threads on every core this process may run on, unless the user chose a number."""
-    import os
-
-    if "OMP_NUM_THREADS" not in os.environ and hasattr(os, "sched_getaffinity"):
-        torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
-
-
 def cpu_has_fast_bf16() -> bool:
     """bf16 matmuls beat fp32 only with AVX512-BF16 or AMX; elsewhere autocast just adds casts."""
     try:

@@ -13,10 +13,7 @@ def peak_rss_mb() -> float:
 def _child(queue, fn, args, kwargs):
     import os
 
-    os.environ.setdefault("WEIBO_SENTI_NO_PROGRESS", "1")
-    from .modeling import quiet_transformers
-
-    quiet_transformers()
+    os.environ.setdefault("WEIBO_SENTI_NO_PROGRESS", "1")  # a child process of our own
     try:
         queue.put(fn(*args, **kwargs))
     except BaseException as e:  # the parent must not wait forever on a dead child

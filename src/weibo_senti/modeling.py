@@ -1,24 +1,15 @@
-"""Building the classifier from a GPT-2 base, applying a method, and saving/loading its weights."""
+"""Building the classifier from a GPT-2 base and making a method's parameters trainable."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from . import adapters
 from .config import TrainConfig
 from .data import LABELS
 from .errors import UserError
-
-WEIGHT_FILES = {
-    "lora": ["adapter_config.json", "adapter_model.safetensors"],
-    "adapter": ["adapter_config.json", "adapter_model.safetensors"],
-    "full": ["config.json", "model.safetensors"],
-}
 
 
 def gpt2_small_config():
@@ -36,35 +27,12 @@ def gpt2_small_config():
     )
 
 
-def quiet_transformers() -> None:
-    """transformers warns about uer's out-of-vocabulary bos/eos ids and the fresh head: noise."""
-    import warnings
-
-    import transformers
-
-    warnings.filterwarnings("ignore", category=FutureWarning)  # PEFT calls deprecated helpers
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
-
-
-def load_tokenizer(path: str | Path):
-    """The tokenizer of a base or run folder; its size is checked against the model on load."""
-    from transformers import AutoTokenizer
-
-    try:
-        tok = AutoTokenizer.from_pretrained(str(path))
-    except Exception as e:
-        raise UserError(f"cannot load the tokenizer from {path}: {e}") from None
-    if tok.pad_token_id is None:
-        raise UserError(f"tokenizer in {path} has no [PAD] token")
-    return tok
-
-
 def classifier_config(base: Path, tokenizer):
     from transformers import AutoConfig
 
     return AutoConfig.from_pretrained(
         str(base),
+        trust_remote_code=False,
         num_labels=len(LABELS),
         id2label=dict(enumerate(LABELS)),
         label2id={name: i for i, name in enumerate(LABELS)},
@@ -81,14 +49,16 @@ def load_base_classifier(base: Path, tokenizer) -> nn.Module:
 
     config = classifier_config(base, tokenizer)
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(str(base), config=config)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            str(base), config=config, trust_remote_code=False
+        )
     except Exception as e:
         raise UserError(f"cannot load base model weights from {base}: {e}") from None
-    load_tokenizer_check(tokenizer, model.config)
+    check_tokenizer_fits(tokenizer, model.config)
     return model
 
 
-def load_tokenizer_check(tokenizer, config) -> None:
+def check_tokenizer_fits(tokenizer, config) -> None:
     # BertTokenizer(vocab_file=...) silently builds a 5-token vocab: catch any such mismatch.
     if not (0.9 * config.vocab_size <= len(tokenizer) <= config.vocab_size):
         raise UserError(
@@ -121,7 +91,7 @@ def apply_method(model: nn.Module, cfg: TrainConfig) -> nn.Module:
         adapters.add_adapter(model, "default", cfg.adapter_size)
         for p in adapters.adapter_parameters(model, "default"):
             p.requires_grad_(True)
-        model.score.requires_grad_(True)
+        model.score.requires_grad_(True)  # trained here, saved with the adapter
         return model
     return model
 
@@ -140,68 +110,6 @@ def describe_parameters(model: nn.Module) -> str:
         f"trainable params: {trainable:,} || all params: {total:,} || "
         f"trainable%: {100 * trainable / total:.4f}"
     )
-
-
-def save_weights(model: nn.Module, method: str, folder: Path, base_model: str) -> None:
-    """Write the method's weights into ``folder`` (safetensors + a small JSON config)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    if method in ("lora", "full"):
-        model.save_pretrained(str(folder), safe_serialization=True)
-        if method == "lora":  # record the id the user gave, not a cache path
-            cfg_path = folder / "adapter_config.json"
-            cfg = json.loads(cfg_path.read_text())
-            cfg["base_model_name_or_path"] = base_model
-            cfg_path.write_text(json.dumps(cfg, indent=2))
-        return
-    state = {
-        f"adapter.{k}": v.detach().cpu().contiguous()
-        for k, v in adapters.adapter_state_dict(model).items()
-    }
-    state.update({f"score.{k}": v.detach().cpu() for k, v in model.score.state_dict().items()})
-    save_file(state, str(folder / "adapter_model.safetensors"))
-    blocks = adapters.blocks(model)
-    config = {
-        "adapter_type": "bottleneck",
-        "size": blocks[0].senti_adapters["default"].down.out_features,
-        "hidden_size": model.config.n_embd,
-        "num_layers": len(blocks),
-        "activation": "gelu",
-        "placement": "after each transformer block, residual",
-        "base_model_name_or_path": base_model,
-    }
-    (folder / "adapter_config.json").write_text(json.dumps(config, indent=2))
-
-
-def read_json(path: Path) -> dict:
-    if not path.is_file():
-        raise UserError(f"missing file {path}")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"corrupt file {path}: {e}") from None
-
-
-def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise UserError(f"missing file {path}")
-    try:
-        return load_file(str(path))
-    except Exception as e:
-        raise UserError(f"corrupt weights file {path}: {e}") from None
-
-
-def load_full(run: Path, tokenizer) -> nn.Module:
-    """A full fine-tuning run (a plain transformers folder), checked file by file."""
-    from transformers import AutoModelForSequenceClassification
-
-    for name in WEIGHT_FILES["full"]:
-        if not (run / name).is_file():
-            raise UserError(f"run folder {run} is missing {name}")
-    read_json(run / "config.json")
-    load_safetensors(run / "model.safetensors")  # fails with the file's name if corrupt
-    model = AutoModelForSequenceClassification.from_pretrained(str(run))
-    load_tokenizer_check(tokenizer, model.config)
-    return model
 
 
 def fold_for_export(bank) -> nn.Module:

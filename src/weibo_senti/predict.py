@@ -12,14 +12,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import inference, modeling
+from . import inference, modeling, runfolder
 from .bank import AdapterBank
 from .data import LABELS, LABELS_ZH, Examples, read_texts
 from .errors import UserError
 from .features import encode, pad_batch
 from .files import atomic_write
-from .hub import resolve_base_model
-from .runs import base_fingerprint, read_run_info
+from .runfolder import RunInfo
 
 log = logging.getLogger("weibo_senti")
 
@@ -44,7 +43,7 @@ class SentimentClassifier:
         self,
         model,
         tokenizer,
-        info: dict,
+        info: RunInfo,
         run: Path,
         precision: str = "fp32",
         bank: AdapterBank | None = None,
@@ -52,11 +51,11 @@ class SentimentClassifier:
         self._model = model.eval()
         self.bank = bank
         self.precision = precision
-        self.tokenizer = tokenizer
+        self.tokenizer = tokenizer  # carries the run's rules: max length, no token_type_ids
         self.info = info
         self.run = run
-        self.labels = list(info["labels"])
-        self.max_length = int(info["max_length"])
+        self.labels = list(info.labels)
+        self.max_length = int(tokenizer.model_max_length)
 
     @classmethod
     def load(
@@ -68,7 +67,8 @@ class SentimentClassifier:
         merge: bool = True,
         name: str | None = None,
     ):
-        """Load a run folder; lora/adapter runs also need the base (recorded id or ``base_model``).
+        """Load a run folder; lora/adapter runs also need their base (found through the
+        recorded name, absolute path or hub id; ``base_model`` overrides).
 
         The run's adapter is loaded under ``name`` (default: the folder's name); more can be
         added with ``add_adapter``. A single LoRA adapter is merged into the base weights
@@ -76,36 +76,22 @@ class SentimentClassifier:
         quantizes the linear layers dynamically (CPU, no further adapters), "auto" is bf16
         where the hardware has fast bf16 (AMX/AVX512-BF16 CPUs, recent GPUs), else fp32.
         """
-        modeling.quiet_transformers()
-        inference.use_all_cores()
         run = Path(run)
-        info = read_run_info(run)
-        tokenizer = modeling.load_tokenizer(run)
-        if tokenizer.pad_token_id != info["pad_token_id"]:
-            raise UserError(
-                f"{run}: tokenizer [PAD] id {tokenizer.pad_token_id} differs from the recorded "
-                f"pad id {info['pad_token_id']}"
-            )
+        info = runfolder.read_info(run)
+        tokenizer = runfolder.run_tokenizer(run, info)
         device = device or ("cuda" if torch.cuda.is_available() and precision != "int8" else "cpu")
         precision = inference.resolve(precision, torch.device(device))
-        if info["method"] == "full":
-            model = modeling.load_full(run, tokenizer).to(device)
-            return cls(inference.prepare(model, precision), tokenizer, info, run, precision)
-        base = resolve_base_model(base_model or _local_base(run, info))
-        from transformers import AutoConfig
-
-        found = base_fingerprint(AutoConfig.from_pretrained(str(base)))
-        _check_base(run, info, found, base)
-        for f in modeling.WEIGHT_FILES[info["method"]]:
-            if not (run / f).is_file():
-                raise UserError(f"run folder {run} is missing {f}")
+        if info.method == "full":
+            model = runfolder.load_full_model(run)
+            modeling.check_tokenizer_fits(tokenizer, model.config)
+            model = inference.prepare(model.to(device), precision)
+            return cls(model, tokenizer, info, run, precision)
+        base = runfolder.resolve_base(run, info, base_model)
         model = modeling.load_base_classifier(base, tokenizer).to(device)
-        clf = cls(model, tokenizer, {**info, "base": found}, run, precision, AdapterBank(model))
+        clf = cls(model, tokenizer, info, run, precision, AdapterBank(model))
         clf.add_adapter(name or run.resolve().name, run)
         if precision == "int8":  # quantized weights cannot take adapters any more
-            clf.bank.unmerge()
-            folded = modeling.fold_for_export(clf.bank)
-            clf._model, clf.bank = inference.prepare(folded, "int8"), None
+            clf._model, clf.bank = inference.prepare(clf.bank.fold(), "int8"), None
         elif merge:
             clf.bank.merge()
         return clf
@@ -119,11 +105,16 @@ class SentimentClassifier:
                 "load a lora/adapter run with precision fp32/bf16 to add adapters"
             )
         run = Path(run)
-        info = read_run_info(run)
-        _check_base(run, info, self.info["base"], "the loaded base")
-        if info["labels"] != self.labels:
-            raise UserError(f"{run} has labels {info['labels']}, the loaded ones {self.labels}")
-        self.bank.add(name, run, info["method"])
+        info = runfolder.read_info(run)
+        mine = self.info.base.fingerprint
+        if info.base.fingerprint and mine and info.base.fingerprint != mine:
+            raise UserError(
+                f"{run} was trained on a different base ({info.base.fingerprint}) than the "
+                f"loaded one ({mine})"
+            )
+        if info.labels != self.labels:
+            raise UserError(f"{run} has labels {info.labels}, the loaded ones {self.labels}")
+        self.bank.add(name, run, info.method)
 
     def use(self, name: str) -> None:
         """Make ``name`` the adapter that predict() uses by default."""
@@ -163,7 +154,7 @@ class SentimentClassifier:
         ``adapter``: one name for all texts, or one per text (rows for different LoRA
         adapters share forward passes). 16 is the CPU optimum for GPT-2 small (benchmark).
         """
-        ids, truncated = encode(self.tokenizer, texts, self.max_length)
+        ids, truncated = encode(self.tokenizer, texts)
         names = self._row_adapters(adapter, len(ids))
         logits = np.zeros((len(ids), len(self.labels)), dtype=np.float32)
         pad = self.tokenizer.pad_token_id
@@ -368,20 +359,3 @@ def serialize(rows: list[dict], path: Path) -> str:
     writer.writeheader()
     writer.writerows(rows)
     return buf.getvalue()
-
-
-def _local_base(run: Path, info: dict) -> str:
-    """A base path recorded relative to the run folder (exported runs carry their base)."""
-    local = run / info["base_model"]
-    return (
-        str(local)
-        if not Path(info["base_model"]).is_absolute() and local.is_dir()
-        else (info["base_model"])
-    )
-
-
-def _check_base(run: Path, info: dict, found: dict, where) -> None:
-    if info.get("base") and info["base"] != found:
-        raise UserError(
-            f"{run} was trained on a different base ({info['base']}) than {where} ({found})"
-        )

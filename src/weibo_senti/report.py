@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from . import runfolder
 from .errors import UserError
 from .files import atomic_write
 
@@ -19,15 +19,7 @@ def _plt():
 
 
 def read_metrics(run: Path) -> tuple[list[dict], list[dict]]:
-    path = Path(run) / "metrics.jsonl"
-    if not path.is_file():
-        raise UserError(f"missing file {path}")
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a line torn by an interruption
+    rows = runfolder.read_metrics(run)
     return [r for r in rows if r.get("type") == "train"], [
         r for r in rows if r.get("type") == "eval"
     ]
@@ -42,7 +34,7 @@ def plot_run(run: Path, out: Path | None = None) -> Path:
     """Training loss per logging step, dev loss/accuracy/macro-F1 per epoch."""
     train, evals = read_metrics(run)
     if not train and not evals:
-        raise UserError(f"{run}/metrics.jsonl has no metrics to plot")
+        raise UserError(f"{run} has no training metrics to plot")
     plt = _plt()
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     a.plot([r["epoch"] for r in train], [r["loss"] for r in train], label="train loss")
@@ -56,7 +48,7 @@ def plot_run(run: Path, out: Path | None = None) -> Path:
     b.set_title("dev metrics")
     b.legend()
     fig.suptitle(f"run {Path(run).resolve().name}")
-    out = out or Path(run) / "report.png"
+    out = out or runfolder.report_path(run)
     save_figure(fig, out)
     return out
 

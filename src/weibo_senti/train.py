@@ -1,69 +1,67 @@
-"""Fine-tuning: one readable loop on Accelerate (so `accelerate launch`/`torchrun` just work)."""
+"""Fine-tuning on Accelerate: ``setup`` → ``fit`` (epochs of steps, ``validate`` each) → ``finish``.
+
+The same code runs in one process or under ``accelerate launch``/``torchrun``: each global batch
+of ``batch_size`` posts is split across the processes (Accelerate's ``split_batches``), so the
+steps, schedule and results do not depend on how many processes there are. Checkpoints are
+Accelerate's ``save_state`` (trainable weights only, optimizer, scheduler, every process's RNG)
+plus our progress file; a resumed epoch skips the batches already trained on with Accelerate's
+``skip_first_batches``. Resume is bit-exact.
+"""
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
-import shutil
 import time
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-import yaml
-from safetensors.torch import save_file
 
-from . import inference, modeling
+from . import inference, modeling, runfolder
 from .config import TrainConfig
 from .data import Examples, read_labelled, split_dev
 from .errors import UserError
 from .features import Collator, EncodedDataset, EpochBatchSampler, encode_cached
-from .files import append_jsonl, move_files_into, replace_dir, write_json, write_text
 from .hub import default_data, resolve_base_model
 from .metrics import classification_metrics
 from .progress import progress
-from .runs import RUN_FILE, read_run_info, write_run_info
+from .runfolder import RunInfo
 
 log = logging.getLogger("weibo_senti")
-CHECKPOINT = "checkpoint"
 
 
-def load_splits(cfg: TrainConfig) -> tuple[Examples, Examples]:
-    data = cfg.data or str(default_data())
-    kw = dict(text_column=cfg.text_column, label_column=cfg.label_column, encoding=cfg.encoding)
-    train = read_labelled(data, **kw)
-    if cfg.dev_data:
-        dev = read_labelled(cfg.dev_data, **kw)
-    else:
-        train, dev = split_dev(train, cfg.dev_fraction, cfg.seed)
-    if cfg.max_train_samples and cfg.max_train_samples < len(train):
-        idx = sorted(random.Random(cfg.seed).sample(range(len(train)), cfg.max_train_samples))
-        train = train.subset(idx)
-    return train, dev
+@dataclass
+class Progress:
+    """Where training stands; saved with every checkpoint."""
+
+    epoch: int = 0  # epochs finished
+    step_in_epoch: int = 0
+    global_step: int = 0
+    best_macro_f1: float = -1.0
+    train_seconds: float = 0.0
+    samples_seen: int = 0
 
 
-def prepare_out(out: Path, resume: bool, overwrite: bool) -> None:
-    if resume:
-        if not (out / CHECKPOINT).is_dir() and (out / "checkpoint.old").is_dir():
-            (out / "checkpoint.old").rename(out / CHECKPOINT)  # crash during the swap
-        if not (out / CHECKPOINT).is_dir():
-            done = (out / RUN_FILE).is_file() and read_run_info(out).get("complete")
-            raise UserError(
-                f"{out} has finished training; nothing to resume"
-                if done
-                else f"{out} has no checkpoint to resume from; start without --resume"
-            )
-        return
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise UserError(
-                f"{out} already holds a run: pass --resume to continue it, --overwrite to "
-                "replace it, or choose another --out"
-            )
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+@dataclass
+class Setup:
+    cfg: TrainConfig
+    out: Path
+    accelerator: object
+    model: torch.nn.Module
+    tokenizer: object
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    sampler: EpochBatchSampler
+    train_loader: object
+    dev_loader: object
+    base: Path
+
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
 
 
 def train(
@@ -72,53 +70,100 @@ def train(
     overwrite: bool = False,
     on_step: Callable[[int], None] | None = None,
 ):
-    """Train ``cfg.method`` and write a self-contained run folder; returns the classifier."""
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-    from transformers import get_linear_schedule_with_warmup
+    """Train ``cfg.method`` into the run folder ``cfg.out``; returns the classifier."""
+    s = setup(cfg, resume, overwrite)
+    state = restore(s) if resume else begin(s)
+    fit(s, state, on_step)
+    return finish(s)
 
-    from .predict import SentimentClassifier
+
+def load_splits(cfg: TrainConfig) -> tuple[Examples, Examples]:
+    data = cfg.data or str(default_data())
+    kw = dict(text_column=cfg.text_column, label_column=cfg.label_column, encoding=cfg.encoding)
+    train_set = read_labelled(data, **kw)
+    if cfg.dev_data:
+        dev_set = read_labelled(cfg.dev_data, **kw)
+    else:
+        train_set, dev_set = split_dev(train_set, cfg.dev_fraction, cfg.seed)
+    if cfg.max_train_samples and cfg.max_train_samples < len(train_set):
+        idx = random.Random(cfg.seed).sample(range(len(train_set)), cfg.max_train_samples)
+        train_set = train_set.subset(sorted(idx))
+    return train_set, dev_set
+
+
+# ---------------------------------------------------------------------------- setup
+def make_accelerator(cfg: TrainConfig):
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration
 
     if cfg.precision == "fp16" and not torch.cuda.is_available():
         raise UserError("--precision fp16 needs a CUDA GPU; on a CPU use bf16 or no")
-    precision = cfg.precision
-    if precision == "auto":  # bf16 kept accuracy in our runs (README); fp32 where bf16 is slow
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        precision = "bf16" if inference.resolve("auto", device) == "bf16" else "no"
-    modeling.quiet_transformers()
-    # Accelerate keeps one global state per process; several train() calls in one process
-    # (tests, method comparisons) may each choose their own precision.
-    from accelerate.state import AcceleratorState, GradientState
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    # auto: bf16 where the hardware is fast at it (it kept accuracy, README), else fp32
+    precision = cfg.precision if cfg.precision != "auto" else inference.resolve("auto", device)
+    precision = {"fp32": "no"}.get(precision, precision)  # Accelerate's name for fp32
+    try:
+        return Accelerator(
+            mixed_precision=precision,
+            dataloader_config=DataLoaderConfiguration(split_batches=True),
+        )
+    except ValueError:  # Accelerate holds one precision per process
+        raise UserError(
+            f"cannot train with precision {cfg.precision} here: this process already trained "
+            "with another one, and Accelerate keeps one per process; start a new process"
+        ) from None
 
-    AcceleratorState._reset_state()
-    GradientState._reset_state()
-    accelerator = Accelerator(mixed_precision=precision)
-    main = accelerator.is_main_process
+
+def setup(cfg: TrainConfig, resume: bool, overwrite: bool) -> Setup:
+    from accelerate.utils import set_seed
+
     out = Path(cfg.out)
-    if main:
-        prepare_out(out, resume, overwrite)
+    if not resume:
+        runfolder.check_new(out, overwrite)
+    accelerator = make_accelerator(cfg)
+    if accelerator.is_main_process and not resume:
+        runfolder.prepare_new(out, overwrite)
     accelerator.wait_for_everyone()
     set_seed(cfg.seed)
-
-    base = resolve_base_model(cfg.base_model)
-    tokenizer = modeling.load_tokenizer(base)
+    if resume:  # the recorded base: found from any working directory
+        base = runfolder.resolve_base(out, runfolder.read_info(out))
+    else:
+        base = resolve_base_model(cfg.base_model)
+    tokenizer = runfolder.load_tokenizer(base, max_length=cfg.max_length)
     train_set, dev_set = load_splits(cfg)
-    model = modeling.load_base_classifier(base, tokenizer)
-    model = modeling.apply_method(model, cfg)
-    trainable, total = modeling.count_parameters(model)
-    if main:
+    model = modeling.apply_method(modeling.load_base_classifier(base, tokenizer), cfg)
+    if accelerator.is_main_process:
+        source = cfg.data or "weibo_senti_100k"
         log.info(
-            "%s: %d train / %d dev rows from %s",
-            cfg.method,
-            len(train_set),
-            len(dev_set),
-            cfg.data or "weibo_senti_100k",
+            "%s: %d train / %d dev rows from %s", cfg.method, len(train_set), len(dev_set), source
         )
         log.info(modeling.describe_parameters(model))
-        log.info("mixed precision: %s", precision)
+        log.info(
+            "mixed precision: %s, processes: %d",
+            accelerator.mixed_precision,
+            accelerator.num_processes,
+        )
+    sampler, train_loader, dev_loader = build_loaders(cfg, tokenizer, train_set, dev_set)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    from transformers import get_linear_schedule_with_warmup
 
-    train_ids, _ = encode_cached(tokenizer, train_set.texts, cfg.max_length)
-    dev_ids, _ = encode_cached(tokenizer, dev_set.texts, cfg.max_length)
+    total_steps = cfg.epochs * len(sampler)
+    warmup = math.ceil(cfg.warmup_ratio * total_steps)
+    scheduler = get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
+    prepared = accelerator.prepare(model, optimizer, train_loader, dev_loader, scheduler)
+    model, optimizer, train_loader, dev_loader, scheduler = prepared
+    s = Setup(
+        cfg, out, accelerator, model, tokenizer, optimizer, scheduler, sampler,
+        train_loader, dev_loader, base,
+    )  # fmt: skip
+    register_checkpoint_hooks(s)
+    return s
+
+
+def build_loaders(cfg: TrainConfig, tokenizer, train_set: Examples, dev_set: Examples):
+    train_ids, _ = encode_cached(tokenizer, train_set.texts)
+    dev_ids, _ = encode_cached(tokenizer, dev_set.texts)
     sampler = EpochBatchSampler(
         [len(x) for x in train_ids], cfg.batch_size, cfg.seed, group_by_length=cfg.group_by_length
     )
@@ -127,184 +172,171 @@ def train(
         EncodedDataset(train_ids, train_set.labels),
         batch_sampler=sampler,
         collate_fn=collate,
-        generator=torch.Generator(),  # else each epoch's iterator draws from the global RNG
+        generator=torch.Generator(),  # else each new iterator draws from the global RNG
     )
     by_len = sorted(range(len(dev_ids)), key=lambda i: len(dev_ids[i]))  # less padding
     dev_loader = torch.utils.data.DataLoader(
         EncodedDataset([dev_ids[i] for i in by_len], [dev_set.labels[i] for i in by_len]),
         batch_size=cfg.eval_batch_size,
         collate_fn=collate,
+        generator=torch.Generator(),
     )
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    total_steps = cfg.epochs * len(sampler)  # global batches; Accelerate scales per process
-    scheduler = get_linear_schedule_with_warmup(
-        optimizer, math.ceil(cfg.warmup_ratio * total_steps), total_steps
-    )
-    model, optimizer, train_loader, dev_loader, scheduler = accelerator.prepare(
-        model, optimizer, train_loader, dev_loader, scheduler
-    )
+    return sampler, train_loader, dev_loader
 
-    state = {
-        "epoch": 0,
-        "step_in_epoch": 0,
-        "global_step": 0,
-        "best_macro_f1": -1.0,
-        "train_seconds": 0.0,
-        "samples_seen": 0,
-    }
-    if resume:
-        state = load_checkpoint(out / CHECKPOINT, accelerator, model, optimizer, scheduler)
-        if main:
-            log.info(
-                "resuming %s at epoch %d, step %d", out, state["epoch"] + 1, state["global_step"]
-            )
-            trim_metrics(out / "metrics.jsonl", state["global_step"])
-    elif main:
-        tok_tmp = out / ".tokenizer.tmp"
-        tokenizer.save_pretrained(str(tok_tmp))
-        move_files_into(tok_tmp, out)
-        write_text(
-            out / "hyperparameters.yaml",
-            yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True),
-        )
-        write_run_info(
-            out,
-            cfg,
-            accelerator.unwrap_model(model).config,
-            tokenizer,
+
+def register_checkpoint_hooks(s: Setup) -> None:
+    """Checkpoints hold the trainable weights only (a LoRA checkpoint is megabytes, not the base)."""
+
+    def trainable(model) -> set[str]:
+        return {n for n, p in model.named_parameters() if p.requires_grad}
+
+    def keep_trainable(models, weights, _dir):
+        for i, model in enumerate(models):
+            keep = trainable(model)
+            weights[i] = {k: v for k, v in weights[i].items() if k in keep}
+
+    def check_matches(models, input_dir):
+        from safetensors import safe_open
+
+        path = Path(input_dir) / "model.safetensors"
+        runfolder.load_safetensors(path)  # names the file if it is corrupt
+        with safe_open(str(path), "pt") as f:
+            if set(f.keys()) != trainable(models[0]):
+                raise UserError(f"checkpoint in {input_dir} does not match this model and method")
+
+    s.accelerator.register_save_state_pre_hook(keep_trainable)
+    s.accelerator.register_load_state_pre_hook(check_matches)
+
+
+# ---------------------------------------------------------------------------- start or resume
+def begin(s: Setup) -> Progress:
+    if s.main:
+        trainable, total = modeling.count_parameters(s.model)
+        info = RunInfo(
+            method=s.cfg.method,
+            base=runfolder.base_ref(
+                s.cfg.base_model, s.base, s.accelerator.unwrap_model(s.model).config
+            ),
+            max_length=s.cfg.max_length,
+            pad_token_id=s.tokenizer.pad_token_id,
+            text_column=s.cfg.text_column,
+            precision=s.accelerator.mixed_precision,
             trainable_params=trainable,
             all_params=total,
-            precision=precision,
-            complete=False,
         )
-        (out / "metrics.jsonl").unlink(missing_ok=True)
+        runfolder.start_run(s.out, info, s.tokenizer, s.cfg.to_dict())
+    s.accelerator.wait_for_everyone()
+    return Progress()
 
-    steps_per_epoch = len(train_loader)
-    for epoch in range(state["epoch"], cfg.epochs):
-        model.train()
-        skip = state["step_in_epoch"] if epoch == state["epoch"] else 0
-        if hasattr(train_loader, "set_epoch"):
-            train_loader.set_epoch(epoch)
-        sampler.set_epoch(epoch)
-        sampler.skip = skip * accelerator.num_processes
-        bar = progress(
-            total=steps_per_epoch,
-            initial=skip,
-            desc=f"epoch {epoch + 1}/{cfg.epochs}",
-            disable=not main,
-        )
-        window, window_n, t0 = 0.0, 0, time.perf_counter()
-        for batch in train_loader:
-            loss = model(**batch).loss
-            accelerator.backward(loss)
-            if cfg.max_grad_norm:
-                accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            state["global_step"] += 1
-            state["step_in_epoch"] += 1
-            state["samples_seen"] += len(batch["labels"]) * accelerator.num_processes
-            window += loss.item()
-            window_n += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-            step = state["global_step"]
-            if main and step % cfg.logging_steps == 0:
-                append_jsonl(
-                    out / "metrics.jsonl",
-                    {
-                        "type": "train",
-                        "step": step,
-                        "epoch": round(epoch + state["step_in_epoch"] / steps_per_epoch, 4),
-                        "loss": window / window_n,
-                        "lr": scheduler.get_last_lr()[0],
-                    },
-                )
-                window, window_n = 0.0, 0
-            if cfg.save_steps and step % cfg.save_steps == 0:
-                state["train_seconds"] += time.perf_counter() - t0
-                t0 = time.perf_counter()
-                save_checkpoint(out / CHECKPOINT, accelerator, model, optimizer, scheduler, state)
-            if on_step:
-                on_step(step)
-        bar.close()
-        state["train_seconds"] += time.perf_counter() - t0
-        dev = evaluate_loader(model, dev_loader, accelerator)
-        state["epoch"], state["step_in_epoch"] = epoch + 1, 0
-        best = dev["macro_f1"] > state["best_macro_f1"]
-        if main:
-            append_jsonl(
-                out / "metrics.jsonl",
-                {
-                    "type": "eval",
-                    "step": state["global_step"],
+
+def restore(s: Setup) -> Progress:
+    folder, saved = runfolder.open_checkpoint(s.out)
+    try:
+        s.accelerator.load_state(str(folder), strict=False)  # trainable weights only: checked
+    except UserError:
+        raise
+    except Exception as e:
+        raise UserError(f"corrupt checkpoint in {folder}: {type(e).__name__}: {e}") from None
+    state = Progress(**saved)
+    if s.main:
+        log.info("resuming %s at epoch %d, step %d", s.out, state.epoch + 1, state.global_step)
+        runfolder.trim_metrics(s.out, state.global_step)
+    return state
+
+
+def save_checkpoint(s: Setup, state: Progress) -> None:
+    staging = runfolder.checkpoint_staging(s.out)
+    s.accelerator.wait_for_everyone()
+    if s.main:
+        import shutil
+
+        shutil.rmtree(staging, ignore_errors=True)
+    s.accelerator.wait_for_everyone()
+    s.accelerator.save_state(str(staging))
+    s.accelerator.wait_for_everyone()  # every process's RNG state is written
+    if s.main:
+        runfolder.commit_checkpoint(s.out, staging, asdict(state))
+    s.accelerator.wait_for_everyone()
+
+
+# ---------------------------------------------------------------------------- fit
+def fit(s: Setup, state: Progress, on_step: Callable[[int], None] | None) -> None:
+    for epoch in range(state.epoch, s.cfg.epochs):
+        train_epoch(s, state, epoch, on_step)
+        dev = validate(s.model, s.dev_loader, s.accelerator)
+        state.epoch, state.step_in_epoch = epoch + 1, 0
+        best = dev["macro_f1"] > state.best_macro_f1
+        if best:
+            state.best_macro_f1 = dev["macro_f1"]
+        if s.main:
+            log_epoch(s, state, dev, best)
+            if best:
+                results = {
                     "epoch": epoch + 1,
-                    **{k: dev[k] for k in ("loss", "accuracy", "macro_f1")},
+                    "global_step": state.global_step,
+                    "dev": dev,
+                    "train_seconds": round(state.train_seconds, 2),
+                    "train_samples_per_second": round(
+                        state.samples_seen / max(state.train_seconds, 1e-9), 2
+                    ),
+                }
+                model = s.accelerator.unwrap_model(s.model)
+                runfolder.save_best(s.out, model, s.cfg.method, s.cfg.base_model, results)
+        save_checkpoint(s, state)
+
+
+def train_epoch(s: Setup, state: Progress, epoch: int, on_step) -> None:
+    from accelerate import skip_first_batches
+
+    cfg, acc = s.cfg, s.accelerator
+    s.model.train()
+    s.sampler.set_epoch(epoch)  # the order depends on (seed, epoch) only
+    skip = state.step_in_epoch
+    loader = skip_first_batches(s.train_loader, skip) if skip else s.train_loader
+    bar = progress(
+        total=len(s.sampler),
+        initial=skip,
+        desc=f"epoch {epoch + 1}/{cfg.epochs}",
+        disable=not s.main,
+    )
+    window, t0 = [], time.perf_counter()
+    for batch in loader:
+        loss = s.model(**batch).loss
+        acc.backward(loss)
+        if cfg.max_grad_norm:
+            acc.clip_grad_norm_(s.model.parameters(), cfg.max_grad_norm)
+        s.optimizer.step()
+        s.scheduler.step()
+        s.optimizer.zero_grad(set_to_none=True)
+        state.global_step += 1
+        state.step_in_epoch += 1
+        state.samples_seen += len(batch["labels"]) * acc.num_processes
+        window.append(acc.reduce(loss.detach(), "mean").item())
+        bar.update(1)
+        bar.set_postfix(loss=f"{window[-1]:.4f}")
+        if s.main and state.global_step % cfg.logging_steps == 0:
+            runfolder.append_metrics(
+                s.out,
+                {
+                    "type": "train",
+                    "step": state.global_step,
+                    "epoch": round(epoch + state.step_in_epoch / len(s.sampler), 4),
+                    "loss": sum(window) / len(window),
+                    "lr": s.scheduler.get_last_lr()[0],
                 },
             )
-            log.info(
-                "epoch %d/%d  dev loss %.4f  accuracy %.4f  macro-F1 %.4f  %.0fs%s",
-                epoch + 1,
-                cfg.epochs,
-                dev["loss"],
-                dev["accuracy"],
-                dev["macro_f1"],
-                state["train_seconds"],
-                "  (best, saved)" if best else "",
-            )
-        if best:
-            state["best_macro_f1"] = dev["macro_f1"]
-            if main:
-                save_best(accelerator.unwrap_model(model), cfg, out, dev, epoch + 1, state)
-        save_checkpoint(out / CHECKPOINT, accelerator, model, optimizer, scheduler, state)
-
-    accelerator.wait_for_everyone()
-    if main:
-        info = json.loads((out / RUN_FILE).read_text(encoding="utf-8"))
-        write_json(out / RUN_FILE, {**info, "complete": True})
-        shutil.rmtree(out / CHECKPOINT, ignore_errors=True)
-    if best:  # the model in memory is the one saved
-        info = read_run_info(out)
-        return SentimentClassifier(accelerator.unwrap_model(model), tokenizer, info, out)
-    return SentimentClassifier.load(out, base_model=str(base))
+            window = []
+        if cfg.save_steps and state.global_step % cfg.save_steps == 0:
+            state.train_seconds += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            save_checkpoint(s, state)
+        if on_step:
+            on_step(state.global_step)
+    bar.close()
+    state.train_seconds += time.perf_counter() - t0
 
 
-def trim_metrics(path: Path, last_step: int) -> None:
-    """Drop log lines written after the checkpoint: the resumed run writes them again."""
-    if not path.is_file():
-        return
-    kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            if json.loads(line)["step"] <= last_step:
-                kept.append(line + "\n")
-        except (json.JSONDecodeError, KeyError, TypeError):
-            pass  # a line torn by the interruption
-    write_text(path, "".join(kept))
-
-
-def save_best(model, cfg: TrainConfig, out: Path, dev: dict, epoch: int, state: dict) -> None:
-    """Weights first (file by file, each an atomic rename), then the results naming them."""
-    tmp = out / ".best.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    modeling.save_weights(model, cfg.method, tmp, cfg.base_model)
-    move_files_into(tmp, out)
-    seconds = state["train_seconds"]
-    write_json(
-        out / "eval_results.json",
-        {
-            "epoch": epoch,
-            "global_step": state["global_step"],
-            "dev": dev,
-            "train_seconds": round(seconds, 2),
-            "train_samples_per_second": round(state["samples_seen"] / max(seconds, 1e-9), 2),
-        },
-    )
-
-
-def evaluate_loader(model, loader, accelerator) -> dict:
+def validate(model, loader, accelerator) -> dict:
     model.eval()
     logits, labels = [], []
     with torch.inference_mode():
@@ -318,51 +350,34 @@ def evaluate_loader(model, loader, accelerator) -> dict:
     return classification_metrics(torch.cat(labels).numpy(), probs)
 
 
-def save_checkpoint(folder: Path, accelerator, model, optimizer, scheduler, state) -> None:
-    """Trainable weights (safetensors), optimizer/scheduler/RNG (plain tensors), state (JSON)."""
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        tmp = folder.with_name(folder.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        unwrapped = accelerator.unwrap_model(model)
-        weights = {
-            n: p.detach().cpu().contiguous()
-            for n, p in unwrapped.named_parameters()
-            if p.requires_grad
-        }
-        save_file(weights, str(tmp / "trainable.safetensors"))
-        extra = {
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "cpu_rng": torch.get_rng_state(),
-        }
-        if torch.cuda.is_available():
-            extra["cuda_rng"] = torch.cuda.get_rng_state_all()
-        if accelerator.scaler is not None:
-            extra["scaler"] = accelerator.scaler.state_dict()
-        torch.save(extra, tmp / "optimizer.pt")
-        write_json(tmp / "state.json", state)
-        replace_dir(tmp, folder)
-    accelerator.wait_for_everyone()
+def log_epoch(s: Setup, state: Progress, dev: dict, best: bool) -> None:
+    runfolder.append_metrics(
+        s.out,
+        {
+            "type": "eval",
+            "step": state.global_step,
+            "epoch": state.epoch,
+            **{k: dev[k] for k in ("loss", "accuracy", "macro_f1")},
+        },
+    )
+    log.info(
+        "epoch %d/%d  dev loss %.4f  accuracy %.4f  macro-F1 %.4f  %.0fs%s",
+        state.epoch,
+        s.cfg.epochs,
+        dev["loss"],
+        dev["accuracy"],
+        dev["macro_f1"],
+        state.train_seconds,
+        "  (best, saved)" if best else "",
+    )
 
 
-def load_checkpoint(folder: Path, accelerator, model, optimizer, scheduler) -> dict:
-    weights = modeling.load_safetensors(folder / "trainable.safetensors")
-    unwrapped = accelerator.unwrap_model(model)
-    expected = {n for n, p in unwrapped.named_parameters() if p.requires_grad}
-    if set(weights) != expected:
-        raise UserError(f"checkpoint in {folder} does not match this model and method")
-    unwrapped.load_state_dict(weights, strict=False)
-    try:  # weights_only: never unpickle arbitrary objects
-        extra = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise UserError(f"corrupt checkpoint file {folder / 'optimizer.pt'}: {e}") from None
-    optimizer.load_state_dict(extra["optimizer"])
-    scheduler.load_state_dict(extra["scheduler"])
-    torch.set_rng_state(extra["cpu_rng"])
-    if "cuda_rng" in extra and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(extra["cuda_rng"])
-    if "scaler" in extra and accelerator.scaler is not None:
-        accelerator.scaler.load_state_dict(extra["scaler"])
-    return modeling.read_json(folder / "state.json")
+def finish(s: Setup):
+    from .predict import SentimentClassifier
+
+    s.accelerator.wait_for_everyone()
+    if s.main:
+        runfolder.finish(s.out)
+    s.accelerator.wait_for_everyone()
+    s.accelerator.free_memory()  # the next train() in this process starts clean
+    return SentimentClassifier.load(s.out, str(s.base), precision="fp32", merge=False)

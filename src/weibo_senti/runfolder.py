@@ -1,0 +1,454 @@
+"""The run folder: the one module that names, writes and reads the files a run is made of.
+
+Everything else asks this module for a run's record (``RunInfo``), tokenizer, weights, metrics
+or checkpoint; no other module spells a file name of the folder. The saved tokenizer carries the
+tokenization rules (no ``token_type_ids``, ``model_max_length`` = the run's max length, ``[PAD]``)
+so that weibo-senti and stock transformers/PEFT clients tokenize a post identically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import __version__
+from .data import LABELS, LABELS_ZH
+from .errors import UserError
+from .files import append_jsonl, move_files_into, replace_dir, write_json, write_text
+
+log = logging.getLogger("weibo_senti")
+
+INFO = "run.json"
+HYPERPARAMETERS = "hyperparameters.yaml"
+METRICS = "metrics.jsonl"
+EVAL_RESULTS = "eval_results.json"
+REPORT = "report.png"
+CHECKPOINT = "checkpoint"
+CHECKPOINT_STATE = "progress.json"  # ours; the rest of checkpoint/ is Accelerate's save_state
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+MODEL_CONFIG = "config.json"
+MODEL_WEIGHTS = "model.safetensors"
+BUNDLED_BASE = "base"  # `merge --export`: the base model's own files, inside the run
+WEIGHT_FILES = {
+    "lora": (ADAPTER_CONFIG, ADAPTER_WEIGHTS),
+    "adapter": (ADAPTER_CONFIG, ADAPTER_WEIGHTS),
+    "full": (MODEL_CONFIG, MODEL_WEIGHTS),
+}
+# GPT-2 would add token_type_ids as token embeddings: the saved tokenizer never returns them.
+MODEL_INPUT_NAMES = ["input_ids", "attention_mask"]
+
+
+# ---------------------------------------------------------------------------- the record
+@dataclass
+class BaseRef:
+    """The base model a run was trained on: as given, where it was found, what it is."""
+
+    name: str  # hub id or path, as the user gave it
+    path: str | None = None  # absolute path of the folder used (None: not recorded)
+    fingerprint: dict = field(default_factory=dict)  # architecture and vocabulary size
+    bundled: bool = False  # the base's files lie in the run folder itself (BUNDLED_BASE)
+
+
+@dataclass
+class RunInfo:
+    """What ``run.json`` holds."""
+
+    method: str
+    base: BaseRef
+    max_length: int
+    pad_token_id: int
+    labels: list[str] = field(default_factory=lambda: list(LABELS))
+    labels_zh: list[str] = field(default_factory=lambda: list(LABELS_ZH))
+    text_column: str = "review"
+    complete: bool = False
+    precision: str | None = None
+    trainable_params: int | None = None
+    all_params: int | None = None
+    origin: dict = field(default_factory=dict)  # merged_from, combined_from, ... if any
+    weibo_senti_version: str = __version__
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict, where: Path) -> RunInfo:
+        raw = dict(raw)
+        if isinstance(raw.get("base_model"), str):  # written by weibo-senti 0.1 before this
+            raw["base"] = {"name": raw.pop("base_model"), "fingerprint": raw.get("base") or {}}
+        for key in ("method", "base", "max_length", "pad_token_id"):
+            if key not in raw:
+                raise UserError(f"{where} lacks '{key}': not a weibo-senti run folder")
+        known = {f.name for f in dataclasses.fields(cls)}
+        origin = {k: v for k, v in raw.items() if k not in known}  # older flat provenance keys
+        values = {k: v for k, v in raw.items() if k in known}
+        values["origin"] = {**origin, **values.get("origin", {})}
+        try:
+            values["base"] = BaseRef(**values["base"])
+            return cls(**values)
+        except TypeError as e:
+            raise UserError(f"{where} is not a weibo-senti run record: {e}") from None
+
+
+def fingerprint(config) -> dict:
+    """What an adapter depends on: architecture and vocabulary of the base."""
+    return {
+        "model_type": config.model_type,
+        "n_layer": config.n_layer,
+        "n_embd": config.n_embd,
+        "vocab_size": config.vocab_size,
+    }
+
+
+def base_ref(name: str, folder: Path, config) -> BaseRef:
+    return BaseRef(name=name, path=str(Path(folder).resolve()), fingerprint=fingerprint(config))
+
+
+def read_info(run: str | Path) -> RunInfo:
+    run = Path(run)
+    if not run.exists():
+        raise UserError(f"run folder {run} does not exist")
+    if not run.is_dir():
+        raise UserError(f"{run} is a file, not a run folder")
+    return RunInfo.from_dict(read_json(run / INFO), run / INFO)
+
+
+def write_info(run: Path, info: RunInfo) -> None:
+    write_json(run / INFO, info.to_dict())
+
+
+def mark_complete(run: Path) -> None:
+    info = read_info(run)
+    info.complete = True
+    write_info(run, info)
+
+
+def read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise UserError(f"missing file {path}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"corrupt file {path}: {e}") from None
+
+
+# ---------------------------------------------------------------------------- the base
+def resolve_base(run: Path, info: RunInfo, override: str | None = None) -> Path:
+    """The run's base folder: ``override``; else the bundled copy, the recorded name and
+    absolute path, then the hub id. It must match the recorded fingerprint."""
+    from .hub import looks_like_hub_id, resolve_base_model
+
+    if override:
+        folder = resolve_base_model(override)
+        mismatch = _fingerprint_mismatch(info, folder)
+        if mismatch:
+            raise UserError(f"{run} was trained on a different base: {override} {mismatch}")
+        return folder
+    local = [run / BUNDLED_BASE] if info.base.bundled else []
+    local += [Path(c).expanduser() for c in (info.base.name, info.base.path) if c]
+    tried = []
+    for path in dict.fromkeys(p.resolve() for p in local):
+        if not (path / "config.json").is_file():
+            tried.append(f"{path} (not found)")
+        elif mismatch := _fingerprint_mismatch(info, path):
+            tried.append(f"{path} {mismatch}")
+        else:
+            return path
+    if looks_like_hub_id(info.base.name):
+        try:
+            folder = resolve_base_model(info.base.name)
+            mismatch = _fingerprint_mismatch(info, folder)
+            if not mismatch:
+                return folder
+            tried.append(f"{info.base.name} {mismatch}")
+        except UserError as e:
+            tried.append(f"hub id {info.base.name} (not downloadable: {e})")
+    raise UserError(
+        f"cannot find the base model of {run}: tried {'; '.join(tried)}; "
+        "pass --base-model PATH to a local copy of it"
+    )
+
+
+def _fingerprint_mismatch(info: RunInfo, folder: Path) -> str:
+    from transformers import AutoConfig
+
+    found = fingerprint(AutoConfig.from_pretrained(str(folder), trust_remote_code=False))
+    if info.base.fingerprint and found != info.base.fingerprint:
+        return f"is another model ({found}; the run needs {info.base.fingerprint})"
+    return ""
+
+
+# ---------------------------------------------------------------------------- tokenizer
+def load_tokenizer(folder: str | Path, max_length: int | None = None):
+    """A tokenizer with weibo-senti's rules; ``max_length`` sets them (a base), else the
+    folder's saved rules apply (a run). Never runs code from the folder."""
+    from transformers import AutoTokenizer
+
+    kwargs = {"model_input_names": MODEL_INPUT_NAMES}
+    if max_length is not None:
+        kwargs["model_max_length"] = max_length
+    try:
+        tok = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False, **kwargs)
+    except Exception as e:
+        raise UserError(f"cannot load the tokenizer from {folder}: {e}") from None
+    if tok.pad_token_id is None:
+        raise UserError(f"tokenizer in {folder} has no [PAD] token")
+    tok.padding_side = "right"  # GPT-2 pools the last non-[PAD] token
+    return tok
+
+
+def save_tokenizer(tokenizer, folder: Path) -> None:
+    """Save without the truncation/padding state the last call left in the fast backend."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        backend.no_truncation()
+        backend.no_padding()
+    tokenizer.save_pretrained(str(folder))
+
+
+def run_tokenizer(run: Path, info: RunInfo):
+    tok = load_tokenizer(run)
+    if tok.pad_token_id != info.pad_token_id:
+        raise UserError(
+            f"{run}: tokenizer [PAD] id {tok.pad_token_id} differs from the recorded "
+            f"pad id {info.pad_token_id}"
+        )
+    if tok.model_max_length != info.max_length:  # a run saved before the rules were saved
+        tok.model_max_length = info.max_length
+    return tok
+
+
+# ---------------------------------------------------------------------------- weights
+def save_weights(model, method: str, folder: Path, base_name: str) -> None:
+    """The method's weights (safetensors + a small JSON config) into ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if method in ("lora", "full"):
+        model.save_pretrained(str(folder), safe_serialization=True)
+        (folder / "README.md").unlink(missing_ok=True)  # PEFT's empty model-card stub
+        if method == "lora":  # the id or path the user gave, not a cache path
+            cfg = read_json(folder / ADAPTER_CONFIG)
+            cfg["base_model_name_or_path"] = base_name
+            write_json(folder / ADAPTER_CONFIG, cfg)
+        return
+    from safetensors.torch import save_file
+
+    from . import adapters
+
+    state, config = adapters.export(model, "default", model.score)
+    save_file(state, str(folder / ADAPTER_WEIGHTS))
+    write_json(folder / ADAPTER_CONFIG, {**config, "base_model_name_or_path": base_name})
+
+
+def save_lora_state(folder: Path, state: dict, peft_config, base_name: str) -> None:
+    """A LoRA adapter built in memory (``combine``), in PEFT's own layout."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(folder / ADAPTER_WEIGHTS))
+    peft_config.base_model_name_or_path = base_name
+    peft_config.save_pretrained(str(folder))
+
+
+def check_weights(run: Path, method: str) -> None:
+    """Every weight file is there and readable: a corrupt file is named, not a traceback."""
+    for name in WEIGHT_FILES[method]:
+        if not (run / name).is_file():
+            raise UserError(f"run folder {run} is missing {name}")
+    read_json(run / WEIGHT_FILES[method][0])
+    load_safetensors(run / WEIGHT_FILES[method][1])
+
+
+def read_lora(run: Path) -> dict:
+    """The tensors of a LoRA run (PEFT's layout: LoRA weights and the ``score`` head)."""
+    check_weights(run, "lora")
+    return load_safetensors(run / ADAPTER_WEIGHTS)
+
+
+def read_bottleneck(run: Path) -> tuple[dict, dict]:
+    """(config, tensors) of a bottleneck adapter run."""
+    return read_json(run / ADAPTER_CONFIG), load_safetensors(run / ADAPTER_WEIGHTS)
+
+
+def load_safetensors(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise UserError(f"missing file {path}")
+    try:
+        return load_file(str(path))
+    except Exception as e:
+        raise UserError(f"corrupt weights file {path}: {e}") from None
+
+
+def load_full_model(run: Path):
+    """A full or merged run: a plain transformers folder."""
+    from transformers import AutoModelForSequenceClassification
+
+    check_weights(run, "full")
+    return AutoModelForSequenceClassification.from_pretrained(str(run), trust_remote_code=False)
+
+
+def weights_size_mb(run: Path) -> float:
+    names = {n for files in WEIGHT_FILES.values() for n in files if n.endswith(".safetensors")}
+    return sum((run / n).stat().st_size for n in names if (run / n).is_file()) / 2**20
+
+
+# ---------------------------------------------------------------------------- new folders
+def check_new(out: Path, overwrite: bool) -> None:
+    """Refuse, before any work, to train over a file or, without ``overwrite``, a run."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} is a file; choose another --out")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise UserError(
+            f"{out} already holds a run: pass --resume to continue it, --overwrite to "
+            "replace it, or choose another --out"
+        )
+
+
+def prepare_new(out: Path, overwrite: bool) -> None:
+    """An empty folder for a new run; an existing run is replaced only with ``overwrite``."""
+    check_new(out, overwrite)
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def start_run(out: Path, info: RunInfo, tokenizer, hyperparameters: dict) -> None:
+    """Tokenizer, hyperparameters and the (incomplete) record of a new training run."""
+    import yaml
+
+    staging = out / ".tokenizer.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    save_tokenizer(tokenizer, staging)
+    move_files_into(staging, out)
+    write_text(
+        out / HYPERPARAMETERS, yaml.safe_dump(hyperparameters, sort_keys=False, allow_unicode=True)
+    )
+    (out / METRICS).unlink(missing_ok=True)
+    write_info(out, info)
+
+
+def read_hyperparameters(run: Path) -> Path:
+    """The path of a run's hyperparameters (a TrainConfig YAML file)."""
+    path = run / HYPERPARAMETERS
+    if not path.is_file():
+        raise UserError(f"{run} has no {HYPERPARAMETERS} to resume")
+    return path
+
+
+def save_best(run: Path, model, method: str, base_name: str, results: dict) -> None:
+    """Weights first (each file an atomic rename), then the results that name the epoch."""
+    staging = run / ".best.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    save_weights(model, method, staging, base_name)
+    move_files_into(staging, run)
+    write_json(run / EVAL_RESULTS, results)
+
+
+def read_eval_results(run: Path) -> dict:
+    return read_json(run / EVAL_RESULTS)
+
+
+def staging_dir(out: Path, overwrite: bool) -> Path:
+    """A fresh ``<out>.tmp`` to build a derived folder in (merge, combine); see ``publish``."""
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise UserError(f"{out} already exists; pass --overwrite to replace it")
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def publish(staging: Path, out: Path) -> None:
+    replace_dir(staging, out)
+
+
+def save_model_folder(folder: Path, model, tokenizer, info: RunInfo) -> None:
+    """A merged run: a plain transformers folder (config with pad id and labels) + record."""
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(str(folder), safe_serialization=True)
+    save_tokenizer(tokenizer, folder)
+    write_info(folder, info)
+
+
+def copy_run_files(run: Path, folder: Path) -> None:
+    """Every file of a run but its record (an exported run writes its own)."""
+    for f in run.iterdir():
+        if f.is_file() and f.name != INFO:
+            shutil.copy2(f, folder / f.name)
+
+
+def bundle_base(folder: Path, base: Path) -> None:
+    shutil.copytree(base, folder / BUNDLED_BASE, ignore=shutil.ignore_patterns(".*"))
+
+
+# ---------------------------------------------------------------------------- metrics
+def append_metrics(run: Path, record: dict) -> None:
+    append_jsonl(run / METRICS, record)
+
+
+def read_metrics(run: Path) -> list[dict]:
+    path = Path(run) / METRICS
+    if not path.is_file():
+        raise UserError(f"missing file {path}")
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line torn by an interruption
+    return rows
+
+
+def trim_metrics(run: Path, last_step: int) -> None:
+    """Drop lines written after the checkpoint: the resumed run writes them again."""
+    path = run / METRICS
+    if not path.is_file():
+        return
+    kept = [
+        r for r in read_metrics(run) if isinstance(r.get("step"), int) and r["step"] <= last_step
+    ]
+    write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
+
+
+def report_path(run: Path) -> Path:
+    return Path(run) / REPORT
+
+
+# ---------------------------------------------------------------------------- checkpoint
+def checkpoint_staging(out: Path) -> Path:
+    """Where the next checkpoint is written before ``commit_checkpoint`` swaps it in."""
+    return out / (CHECKPOINT + ".tmp")
+
+
+def commit_checkpoint(out: Path, staging: Path, progress: dict) -> None:
+    """Progress last: a staging folder without it is never taken for a checkpoint."""
+    write_json(staging / CHECKPOINT_STATE, progress)
+    replace_dir(staging, out / CHECKPOINT)
+
+
+def open_checkpoint(out: Path) -> tuple[Path, dict]:
+    """The checkpoint to resume from and its progress; recovers from a kill at any phase."""
+    ckpt, old = out / CHECKPOINT, out / (CHECKPOINT + ".old")
+    if not out.is_dir():
+        raise UserError(f"{out} does not exist; nothing to resume")
+    if (out / INFO).is_file() and read_info(out).complete:
+        for leftover in (ckpt, old, checkpoint_staging(out)):  # killed while cleaning up
+            shutil.rmtree(leftover, ignore_errors=True)
+        raise UserError(f"{out} has finished training; nothing to resume")
+    if not (ckpt / CHECKPOINT_STATE).is_file() and (old / CHECKPOINT_STATE).is_file():
+        shutil.rmtree(ckpt, ignore_errors=True)
+        old.rename(ckpt)  # killed in the middle of the swap
+    if not (ckpt / CHECKPOINT_STATE).is_file():
+        raise UserError(f"{out} has no checkpoint to resume from; start without --resume")
+    return ckpt, read_json(ckpt / CHECKPOINT_STATE)
+
+
+def finish(out: Path) -> None:
+    """Mark the run complete, then drop the checkpoint (a kill in between is recovered)."""
+    mark_complete(out)
+    for leftover in (out / CHECKPOINT, out / (CHECKPOINT + ".old"), checkpoint_staging(out)):
+        shutil.rmtree(leftover, ignore_errors=True)
