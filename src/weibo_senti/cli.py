@@ -363,6 +363,7 @@ def configure_process() -> None:
     import warnings
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    logging.getLogger("accelerate").setLevel(logging.WARNING)  # a line per checkpoint file
     # transformers warns about uer's out-of-vocabulary bos/eos ids and the fresh head; PEFT
     # calls deprecated helpers: noise to someone running a command.
     warnings.filterwarnings("ignore", category=FutureWarning)
@@ -386,3 +387,7 @@ def main() -> None:
     except KeyboardInterrupt:
         typer.echo("interrupted (a training run continues with --resume)", err=True)
         sys.exit(130)
+
+
+if __name__ == "__main__":  # `accelerate launch -m weibo_senti.cli train ...`
+    main()

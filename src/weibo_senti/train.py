@@ -104,6 +104,8 @@ def make_accelerator(cfg: TrainConfig):
     precision = {"fp32": "no"}.get(precision, precision)  # Accelerate's name for fp32
     try:
         return Accelerator(
+            # cpu=True makes Accelerate run several CPU processes (torchrun) as one job (gloo)
+            cpu=device.type == "cpu" and not torch.backends.mps.is_available(),
             mixed_precision=precision,
             dataloader_config=DataLoaderConfiguration(split_batches=True),
         )

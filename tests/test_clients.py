@@ -1,0 +1,114 @@
+"""Run folders in the clients users already have, called the way their users call them.
+
+Each client's probabilities must equal `weibo-senti predict --precision fp32` within 1e-4 on
+every text, texts longer than the run's max length included (40 tokens here).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from test_cli import cli
+
+SHORT = ["好棒喜爱赞乐美好棒喜爱赞", "差坏烂恨糟怒哭差坏烂恨糟", "我你他的了是在有人这中大", "好差"]
+LONG = ["好" * 45, "差坏" * 30 + "好", "我你他的了是在" * 20]  # 45 to 140 tokens: cut at 40
+TEXTS = SHORT + LONG
+
+
+def ours(run, texts=TEXTS) -> np.ndarray:
+    """P(positive) per text from the command line, as a user gets it."""
+    args = ["predict", run, "--precision", "fp32", "--json"]
+    code, out, err = cli(*args, *[x for t in texts for x in ("--text", t)])
+    assert code == 0, err
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [r["truncated"] for r in rows] == [len(t) > 38 for t in texts]
+    return np.array([r["probabilities"]["positive"] for r in rows])
+
+
+@pytest.fixture(scope="module")
+def merged(trained_runs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("merged") / "m"
+    code, _, err = cli("merge", trained_runs["lora"], "--out", out)
+    assert code == 0, err
+    return out
+
+
+def pipeline_positive(folder, texts, **call) -> np.ndarray:
+    from transformers import pipeline
+
+    classify = pipeline("text-classification", model=str(folder))
+    return np.array(
+        [
+            r["score"] if r["label"] == "positive" else 1 - r["score"]
+            for r in classify(texts, **call)
+        ]
+    )
+
+
+@pytest.mark.parametrize("kind", ["merged", "full"])
+def test_pipeline(kind, merged, trained_runs):
+    folder = merged if kind == "merged" else trained_runs["full"]
+    expected = ours(folder)
+    # The default call: the saved tokenizer adds no token_type_ids and pads on [PAD].
+    short = pipeline_positive(folder, SHORT)
+    assert np.abs(short - expected[: len(SHORT)]).max() < 1e-4
+    # Longer posts: transformers truncates only when asked; model_max_length is the run's.
+    every = pipeline_positive(folder, TEXTS, truncation=True)
+    assert np.abs(every - expected).max() < 1e-4
+    # and the merged model answers like the LoRA run it came from
+    if kind == "merged":
+        assert np.abs(expected - ours(trained_runs["lora"])).max() < 1e-4
+
+
+@pytest.mark.parametrize("kind", ["merged", "full"])
+def test_auto_classes_default_and_seeds_style_calls(kind, merged, trained_runs):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    folder = merged if kind == "merged" else trained_runs["full"]
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    model = AutoModelForSequenceClassification.from_pretrained(str(folder)).eval()
+    assert "token_type_ids" not in tok(SHORT[0])
+    assert tok.model_max_length == 40 and model.config.pad_token_id == tok.pad_token_id == 0
+    assert model.config.id2label == {0: "negative", 1: "positive"}
+    expected = ours(folder)
+    with torch.no_grad():
+        batch = tok(TEXTS, padding=True, truncation=True, return_tensors="pt")
+        auto = model(**batch).logits.softmax(-1)[:, 1].numpy()
+        seeds = []
+        for text in TEXTS:  # the seeds' call: pad to max length, then ids and mask only
+            enc = tok(
+                text, max_length=40, padding="max_length", truncation=True, return_tensors="pt"
+            )
+            logits = model(enc["input_ids"], attention_mask=enc["attention_mask"]).logits
+            seeds.append(logits.softmax(-1)[0, 1].item())
+    assert np.abs(auto - expected).max() < 1e-4
+    assert np.abs(np.array(seeds) - expected).max() < 1e-4
+
+
+def test_peft_from_pretrained_on_a_lora_run(trained_runs, tiny_base):
+    """The README's PEFT recipe: the base with the tokenizer's pad id, then the run folder."""
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    run = trained_runs["lora"]
+    tok = AutoTokenizer.from_pretrained(str(run))
+    base = AutoModelForSequenceClassification.from_pretrained(
+        str(tiny_base), pad_token_id=tok.pad_token_id
+    )
+    model = PeftModel.from_pretrained(base, str(run)).eval()
+    with torch.no_grad():
+        batch = tok(TEXTS, padding=True, truncation=True, return_tensors="pt")
+        probs = model(**batch).logits.softmax(-1)[:, 1].numpy()
+    assert np.abs(probs - ours(run)).max() < 1e-4
+
+
+def test_saved_tokenizer_files_carry_the_rules(trained_runs, merged):
+    for folder in (trained_runs["lora"], trained_runs["adapter"], trained_runs["full"], merged):
+        config = json.loads((folder / "tokenizer_config.json").read_text())
+        assert config["model_input_names"] == ["input_ids", "attention_mask"]
+        assert config["model_max_length"] == 40
+        assert json.loads((folder / "tokenizer.json").read_text())["truncation"] is None
+        assert not (folder / "README.md").exists()  # PEFT's empty model-card stub

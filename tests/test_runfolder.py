@@ -1,0 +1,135 @@
+"""The run folder as users treat it: moved, copied, used from anywhere, killed while writing."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from conftest import train_config, train_until_interrupted
+from test_cli import cli
+
+from weibo_senti import UserError, runfolder
+from weibo_senti.train import train
+
+TEXTS = ["好棒喜爱赞乐美好棒喜爱赞", "差坏烂恨糟怒哭差坏烂恨糟", "我你他的了是在有人这中大"]
+
+
+def predicted(run, *extra) -> list[float]:
+    args = ["predict", run, "--precision", "fp32", "--json", *extra]
+    code, out, err = cli(*args, *[x for t in TEXTS for x in ("--text", t)])
+    assert code == 0, err
+    return [json.loads(line)["probabilities"]["positive"] for line in out.splitlines()]
+
+
+def test_a_run_works_from_anywhere_after_it_is_moved_or_copied(
+    tiny_base, task_files, tmp_path, monkeypatch
+):
+    work = tmp_path / "work"
+    shutil.copytree(tiny_base, work / "models" / "base")
+    monkeypatch.chdir(work)  # the base is given relative to this directory, as users do
+    train(train_config("lora", "models/base", *task_files, "runs/a", epochs=1))
+    info = json.loads((work / "runs/a/run.json").read_text())
+    assert info["base"]["name"] == "models/base"
+    assert info["base"]["path"] == str((work / "models/base").resolve())
+    expected = predicted(work / "runs/a")
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert predicted(work / "runs/a") == expected
+    shutil.copytree(work / "runs/a", elsewhere / "copy")
+    assert predicted("copy") == expected
+    shutil.move(work / "runs/a", tmp_path / "moved")
+    assert predicted(tmp_path / "moved") == expected
+
+    # Another machine: the base is somewhere else; one line says what to pass.
+    shutil.move(work / "models/base", tmp_path / "base-elsewhere")
+    code, _, err = cli("predict", tmp_path / "moved", "--text", "好")
+    assert code == 2 and "--base-model" in err and "\n" not in err.strip()
+    assert predicted(tmp_path / "moved", "--base-model", tmp_path / "base-elsewhere") == expected
+
+
+def digest(folder) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_resuming_a_copy_trains_the_copy_and_leaves_the_original_alone(
+    tiny_base, task_files, tmp_path
+):
+    cfg = train_config("lora", tiny_base, *task_files, tmp_path / "a", epochs=2, save_steps=10)
+    train_until_interrupted(cfg, step=45)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    before = digest(tmp_path / "a")
+    code, _, err = cli("train", "--resume", "--out", tmp_path / "b")
+    assert code == 0, err
+    assert digest(tmp_path / "a") == before
+    assert json.loads((tmp_path / "b" / "run.json").read_text())["complete"]
+    assert not (tmp_path / "b" / "checkpoint").exists()
+
+
+KW = dict(epochs=2, save_steps=7, logging_steps=4)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_base, task_files, tmp_path_factory):
+    out = tmp_path_factory.mktemp("whole") / "r"
+    return train(train_config("adapter", tiny_base, *task_files, out, **KW))
+
+
+@pytest.mark.parametrize("phase", ["saving state", "progress", "old moved out", "new moved in"])
+def test_a_kill_in_any_phase_of_a_checkpoint_write_resumes_exactly(
+    phase, uninterrupted, tiny_base, task_files, tmp_path, monkeypatch
+):
+    """Killed while writing the checkpoint of step 35 (a Ctrl-C inside the write)."""
+    cfg = train_config("adapter", tiny_base, *task_files, tmp_path / "r", **KW)
+    armed = []
+    real_replace, real_save = os.replace, torch.save
+
+    def replace(src, dst):
+        name = os.path.basename(dst)
+        wanted = {"progress": "progress.json", "old moved out": "checkpoint.old"}
+        if armed and (
+            name == wanted.get(phase) or (phase == "new moved in" and name == "checkpoint")
+        ):
+            raise KeyboardInterrupt
+        return real_replace(src, dst)
+
+    def save(obj, f, *a, **k):
+        if armed and phase == "saving state" and str(f).endswith("optimizer.bin"):
+            raise KeyboardInterrupt  # model.safetensors is written, the rest is not
+        return real_save(obj, f, *a, **k)
+
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(torch, "save", save)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, on_step=lambda step: step == 34 and armed.append(step))
+    monkeypatch.undo()
+    resumed = train(cfg, resume=True)
+    a, b = uninterrupted.predict_logits(TEXTS)[0], resumed.predict_logits(TEXTS)[0]
+    assert np.abs(a - b).max() < 1e-5
+    steps = [m["step"] for m in runfolder.read_metrics(tmp_path / "r") if m["type"] == "train"]
+    assert steps == sorted(set(steps))
+    leftovers = {"checkpoint", "checkpoint.old", "checkpoint.tmp"} & {
+        p.name for p in (tmp_path / "r").iterdir()
+    }
+    assert not leftovers
+
+
+def test_a_kill_after_completion_is_not_resumed_and_the_leftovers_go(
+    tiny_base, task_files, tmp_path
+):
+    cfg = train_config("adapter", tiny_base, *task_files, tmp_path / "r", **KW)
+    train_until_interrupted(cfg, step=40)
+    runfolder.mark_complete(tmp_path / "r")  # as if killed between marking and cleaning up
+    with pytest.raises(UserError, match="finished training; nothing to resume"):
+        train(cfg, resume=True)
+    assert not (tmp_path / "r" / "checkpoint").exists()
