@@ -233,6 +233,11 @@ def assert_rendered_with_a_chinese_font(page, selector: str, glyphs: int) -> Non
     assert drawn >= glyphs, (fonts, sorted(chinese))
 
 
+@pytest.mark.skipif(
+    not Path(CHROMIUM).exists() and not os.environ.get("CI"),
+    reason="needs Debian's Chromium and a CJK font: apt-get install chromium fonts-wqy-microhei "
+    "(CI installs them and never skips this test)",
+)
 def test_web_page_in_a_real_browser(server, local_classifier, tmp_path):
     from playwright.sync_api import sync_playwright
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import sys
@@ -22,82 +23,89 @@ log = logging.getLogger("weibo_senti")
 
 Opt = typer.Option
 
+# One vocabulary for every command that loads a run.
+RunBase = Annotated[
+    str | None,
+    Opt("--base-model", help="Base model folder or hub id, if the recorded one cannot be found"),
+]
+InferPrecision = Annotated[
+    str,
+    Opt(help="auto (bf16 where the hardware is fast at it, else fp32) | fp32 | bf16 | int8 (CPU)"),
+]
+TextColumn = Annotated[str, Opt(help="Text column of the file")]
+Encoding = Annotated[str | None, Opt(help="File encoding (default: detect UTF-8/BOM/UTF-16/GBK)")]
+BatchSize = Annotated[int, Opt(help="Posts per forward pass (16: the CPU optimum measured)")]
 
-@app.command()
-def train(
-    method: Annotated[str | None, Opt(help="lora | adapter | full  (default: lora)")] = None,
-    data: Annotated[
-        str | None, Opt(help="Training CSV/TSV/JSONL (default: weibo_senti_100k)")
-    ] = None,
-    dev_data: Annotated[
-        str | None, Opt(help="Dev file (default: seeded 90/10 split of --data)")
-    ] = None,
-    base_model: Annotated[
-        str | None, Opt(help="GPT-2 folder or hub id (default: uer/gpt2-chinese-cluecorpussmall)")
-    ] = None,
-    out: Annotated[str | None, Opt(help="Run folder (default: runs/<method>)")] = None,
-    config: Annotated[
-        Path | None,
-        Opt(help="YAML file of options (e.g. a run's hyperparameters.yaml); flags override it"),
-    ] = None,
-    text_column: Annotated[str | None, Opt(help="Text column (default: review)")] = None,
-    label_column: Annotated[str | None, Opt(help="Label column (0/1) (default: label)")] = None,
-    encoding: Annotated[
-        str | None, Opt(help="File encoding (default: detect UTF-8/BOM/GBK)")
-    ] = None,
-    dev_fraction: Annotated[
-        float | None, Opt(help="Dev share when no --dev-data (default: 0.1)")
-    ] = None,
-    max_train_samples: Annotated[
-        int | None, Opt(help="Train on a seeded sample of this many rows")
-    ] = None,
-    max_length: Annotated[int | None, Opt(help="Max tokens per text (default: 160)")] = None,
-    epochs: Annotated[int | None, Opt(help="(default: 3)")] = None,
-    batch_size: Annotated[int | None, Opt(help="(default: 16)")] = None,
-    eval_batch_size: Annotated[int | None, Opt(help="(default: 64)")] = None,
-    lr: Annotated[float | None, Opt(help="(default: 5e-4 lora, 1e-3 adapter, 2e-5 full)")] = None,
-    weight_decay: Annotated[float | None, Opt(help="AdamW weight decay (default: 0.01)")] = None,
-    warmup_ratio: Annotated[float | None, Opt(help="Linear warm-up share (default: 0.1)")] = None,
-    max_grad_norm: Annotated[float | None, Opt(help="Gradient clipping (default: 1.0)")] = None,
-    seed: Annotated[int | None, Opt(help="(default: 42)")] = None,
-    precision: Annotated[
-        str | None,
-        Opt(
-            help="Mixed precision: auto (bf16 on AMX/AVX512-BF16 CPUs and bf16 GPUs) | no | bf16 | fp16 (default: auto)"
-        ),
-    ] = None,
-    group_by_length: Annotated[
+
+def need_extra(module: str, extra: str, command: str) -> None:
+    """The server and the comparison tooling are extras: say how to get them."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise UserError(
+            f"'weibo-senti {command}' needs the {extra} extra: pip install 'weibo-senti[{extra}]'"
+        )
+
+
+def show_version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"weibo-senti {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def common(
+    version: Annotated[
         bool | None,
-        Opt(
-            "--group-by-length/--no-group-by-length",
-            help="Batch similar lengths together (default: on)",
-        ),
+        Opt("--version", callback=show_version, is_eager=True, help="Print the version and exit"),
     ] = None,
-    logging_steps: Annotated[int | None, Opt(help="(default: 50)")] = None,
-    save_steps: Annotated[
-        int | None, Opt(help="Resumable checkpoint every N steps (default: 500)")
-    ] = None,
-    lora_r: Annotated[int | None, Opt(help="(default: 8)")] = None,
-    lora_alpha: Annotated[int | None, Opt(help="(default: 32)")] = None,
-    lora_dropout: Annotated[float | None, Opt(help="(default: 0.1)")] = None,
-    lora_target_modules: Annotated[
-        list[str] | None, Opt(help="Repeat per module (default: c_attn c_proj)")
-    ] = None,
-    adapter_size: Annotated[int | None, Opt(help="Bottleneck width (default: 64)")] = None,
-    resume: Annotated[
-        bool, Opt(help="Continue the interrupted run in --out from its checkpoint")
-    ] = False,
-    overwrite: Annotated[bool, Opt(help="Replace an existing run in --out")] = False,
-):
+) -> None:
+    """Fine-tune a Chinese GPT-2 for Weibo sentiment (0 negative, 1 positive) and use it."""
+
+
+def config_options() -> list[inspect.Parameter]:
+    """One flag per TrainConfig field: name, type, help and default come from the config."""
+    import dataclasses
+    import typing
+
+    from .config import TrainConfig
+
+    hints = typing.get_type_hints(TrainConfig)
+    params = []
+    for f in dataclasses.fields(TrainConfig):
+        kind = next((a for a in typing.get_args(hints[f.name]) if a is not type(None)), None)
+        kind = kind or hints[f.name]
+        default = f.default_factory() if callable(f.default_factory) else f.default
+        shown = " ".join(default) if isinstance(default, list) else default
+        help = f.metadata["help"] + (
+            "" if "default:" in f.metadata["help"] or default is None else f" (default: {shown})"
+        )
+        flag = f"--{f.name.replace('_', '-')}"
+        opt = Opt(f"{flag}/--no-{flag[2:]}", help=help) if kind is bool else Opt(flag, help=help)
+        params.append(
+            inspect.Parameter(
+                f.name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=None,
+                annotation=Annotated[kind | None, opt],
+            )
+        )
+    return params
+
+
+def train(
+    config: Path | None = None, resume: bool = False, overwrite: bool = False, **options
+) -> None:
     """Fine-tune the base model and write a self-contained run folder."""
-    options = {k: v for k, v in locals().items() if k not in ("config", "resume", "overwrite")}
     from .config import TrainConfig
     from .train import train as run_training
 
     if resume:  # the folder named by --out, whatever `out` its hyperparameters recorded
-        folder = Path(out or f"runs/{method or 'lora'}")
         from .runfolder import read_hyperparameters
 
+        folder = Path(options["out"] or f"runs/{options['method'] or 'lora'}")
         cfg = TrainConfig.from_sources(read_hyperparameters(folder), out=str(folder))
     else:
         cfg = TrainConfig.from_sources(config, **options)
@@ -105,23 +113,54 @@ def train(
     typer.echo(f"run saved to {clf.run}")
 
 
+def _register_train() -> None:
+    extra = [
+        inspect.Parameter(
+            "config",
+            inspect.Parameter.KEYWORD_ONLY,
+            default=None,
+            annotation=Annotated[
+                Path | None,
+                Opt(
+                    help="YAML file of options (e.g. a run's hyperparameters.yaml); flags override it"
+                ),
+            ],
+        ),
+        inspect.Parameter(
+            "resume",
+            inspect.Parameter.KEYWORD_ONLY,
+            default=False,
+            annotation=Annotated[bool, Opt(help="Continue the interrupted run in --out")],
+        ),
+        inspect.Parameter(
+            "overwrite",
+            inspect.Parameter.KEYWORD_ONLY,
+            default=False,
+            annotation=Annotated[bool, Opt(help="Replace an existing run in --out")],
+        ),
+    ]
+    params = config_options() + extra
+    train.__signature__ = inspect.Signature(params)
+    train.__annotations__ = {p.name: p.annotation for p in params}
+    app.command("train")(train)
+
+
+_register_train()
+
+
 @app.command()
 def evaluate(
     run: Annotated[Path, typer.Argument(help="Run folder")],
     data: Annotated[str, Opt(help="Labelled CSV/TSV/JSONL")],
-    base_model: Annotated[
-        str | None, Opt(help="Base model folder, if not the recorded one")
-    ] = None,
-    text_column: str = "review",
-    label_column: str = "label",
-    encoding: Annotated[str | None, Opt(help="(default: detect)")] = None,
+    base_model: RunBase = None,
+    text_column: TextColumn = "review",
+    label_column: Annotated[str, Opt(help="Label column, 0/1 (default: label)")] = "label",
+    encoding: Encoding = None,
     strip_emoticons: Annotated[
         bool, Opt(help="Remove emoticons such as 哈哈 in brackets before predicting")
     ] = False,
-    batch_size: int = 16,
-    precision: Annotated[
-        str, Opt(help="auto (bf16 where fast, else fp32) | fp32 | bf16 | int8 (dynamic, CPU)")
-    ] = "auto",
+    batch_size: BatchSize = 16,
+    precision: InferPrecision = "auto",
     as_json: Annotated[
         bool, Opt("--json", help="Print one JSON object instead of a table")
     ] = False,
@@ -158,15 +197,11 @@ def predict(
     output: Annotated[
         Path | None, Opt(help="Write predictions here (.csv, .tsv or .jsonl)")
     ] = None,
-    base_model: Annotated[
-        str | None, Opt(help="Base model folder, if not the recorded one")
-    ] = None,
-    text_column: str = "review",
-    encoding: Annotated[str | None, Opt(help="(default: detect)")] = None,
-    batch_size: int = 16,
-    precision: Annotated[
-        str, Opt(help="auto (bf16 where fast, else fp32) | fp32 | bf16 | int8 (dynamic, CPU)")
-    ] = "auto",
+    base_model: RunBase = None,
+    text_column: TextColumn = "review",
+    encoding: Encoding = None,
+    batch_size: BatchSize = 16,
+    precision: InferPrecision = "auto",
     as_json: Annotated[bool, Opt("--json", help="Print JSON lines instead of text")] = False,
 ):
     """Classify texts: an interactive console, --text one-shot, or --input batch files."""
@@ -202,8 +237,8 @@ def merge(
     export: Annotated[
         bool, Opt(help="Adapter runs: write base + adapter as one self-contained run folder")
     ] = False,
-    base_model: Annotated[str | None, Opt(help="Base model, if not the recorded one")] = None,
-    overwrite: bool = False,
+    base_model: RunBase = None,
+    overwrite: Annotated[bool, Opt(help="Replace an existing folder at --out")] = False,
 ):
     """Fold LoRA into the base: a plain transformers folder (no peft needed to load it)."""
     from .merge import merge as run_merge
@@ -223,8 +258,8 @@ def combine(
         str, Opt(help="'weighted' (heads mixed with the weights) or the index of one run's head")
     ] = "weighted",
     density: Annotated[float | None, Opt(help="Density for ties/dare/magnitude_prune")] = None,
-    base_model: Annotated[str | None, Opt(help="Base model, if not the recorded one")] = None,
-    overwrite: bool = False,
+    base_model: RunBase = None,
+    overwrite: Annotated[bool, Opt(help="Replace an existing folder at --out")] = False,
 ):
     """Weighted combination of LoRA runs into a new LoRA run."""
     from .combine import combine as run_combine
@@ -250,14 +285,15 @@ def compare(
         Opt("--method", help="Repeat to choose (default: full adapter lora tfidf)"),
     ] = None,
     repeats: Annotated[int, Opt(help="Seeds per method; the table shows mean ± std")] = 1,
-    seed: int = 42,
+    seed: Annotated[int, Opt(help="First seed; repeats use seed, seed+1, ...")] = 42,
     epochs: Annotated[int, Opt(help="Epochs for every neural method")] = 3,
     max_train_samples: Annotated[
         int | None, Opt(help="Train every method on the same seeded sample of this many rows")
     ] = None,
-    precision: Annotated[str, Opt(help="auto | no | bf16 | fp16")] = "auto",
+    precision: Annotated[str, Opt(help="Training precision: auto | fp32 | bf16 | fp16")] = "auto",
 ):
     """Train every method on the same data and base; table, JSON and plots of the results."""
+    need_extra("matplotlib", "compare", "compare")
     from .compare import compare as run_compare
 
     extra = {}
@@ -296,7 +332,8 @@ def report(
     run: Annotated[Path, typer.Argument(help="Run folder")],
     out: Annotated[Path | None, Opt(help="PNG path (default: RUN/report.png)")] = None,
 ):
-    """Plot a run's training loss and dev metrics per epoch from its metrics.jsonl."""
+    """Plot a run's training loss and dev metrics per epoch (PNG)."""
+    need_extra("matplotlib", "compare", "report")
     from .report import plot_run
 
     typer.echo(f"written {plot_run(run, out)}")
@@ -308,16 +345,18 @@ def serve(
     adapter: Annotated[
         list[str] | None, Opt(help="NAME=RUN_FOLDER, repeatable: several adapters on one base")
     ] = None,
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    base_model: Annotated[str | None, Opt(help="Base model, if not the recorded one")] = None,
-    precision: Annotated[str, Opt(help="auto | fp32 | bf16 | int8")] = "auto",
+    host: Annotated[str, Opt(help="Address to listen on (0.0.0.0: every interface)")] = "127.0.0.1",
+    port: Annotated[int, Opt(help="Port to listen on")] = 8000,
+    base_model: RunBase = None,
+    precision: InferPrecision = "auto",
     max_batch: Annotated[int, Opt(help="Texts per micro-batch")] = 32,
     max_wait_ms: Annotated[float, Opt(help="How long a micro-batch gathers requests")] = 5.0,
     queue_size: Annotated[int, Opt(help="Requests waiting before 503 + Retry-After")] = 256,
     micro_batching: Annotated[bool, Opt(help="Gather concurrent requests into one batch")] = True,
 ):
     """Serve predictions over HTTP: POST /v1/predict, GET /v1/adapters, /health, a page at /."""
+    for module in ("fastapi", "fastapi_offline", "uvicorn"):
+        need_extra(module, "serve", "serve")
     from .predict import load_classifier
     from .serve import serve as run_server
 

@@ -16,36 +16,47 @@ DEFAULT_LR = {"lora": 5e-4, "adapter": 1e-3, "full": 2e-5}
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # training; "no" is read as fp32
 
 
+def option(default, help: str, **kw):
+    """A config field with its help: the CLI's flags are generated from these (one source)."""
+    if callable(default):
+        return field(default_factory=default, metadata={"help": help}, **kw)
+    return field(default=default, metadata={"help": help}, **kw)
+
+
 @dataclass
 class TrainConfig:
-    method: str = "lora"
-    base_model: str = DEFAULT_BASE_MODEL
-    data: str | None = None  # None: weibo_senti_100k, downloaded once
-    dev_data: str | None = None  # None: a stratified split of `data`
-    out: str | None = None  # None: runs/<method>
-    text_column: str = "review"
-    label_column: str = "label"
-    encoding: str | None = None
-    dev_fraction: float = 0.1
-    max_train_samples: int | None = None  # a seeded sample of the training rows
-    max_length: int = 160  # 128 cuts 14.5% of Weibo posts
-    epochs: int = 3
-    batch_size: int = 16
-    eval_batch_size: int = 64
-    lr: float | None = None  # None: per method (DEFAULT_LR)
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
-    max_grad_norm: float = 1.0
-    seed: int = 42
-    precision: str = "auto"  # mixed precision: auto (bf16 where fast) | no | bf16 | fp16
-    group_by_length: bool = True
-    logging_steps: int = 50
-    save_steps: int = 500  # resumable checkpoint every N steps (and every epoch)
-    lora_r: int = 8
-    lora_alpha: int = 32
-    lora_dropout: float = 0.1
-    lora_target_modules: list[str] = field(default_factory=lambda: ["c_attn", "c_proj"])
-    adapter_size: int = 64
+    method: str = option("lora", "lora | adapter | full")
+    base_model: str = option(DEFAULT_BASE_MODEL, "GPT-2 folder or hub id")
+    data: str | None = option(None, "Training CSV/TSV/JSONL (default: weibo_senti_100k)")
+    dev_data: str | None = option(None, "Dev file (default: a stratified split of --data)")
+    out: str | None = option(None, "Run folder (default: runs/<method>)")
+    text_column: str = option("review", "Text column of the data files")
+    label_column: str = option("label", "Label column (0 negative, 1 positive)")
+    encoding: str | None = option(None, "File encoding (default: detect UTF-8/BOM/UTF-16/GBK)")
+    dev_fraction: float = option(0.1, "Dev share when there is no --dev-data")
+    max_train_samples: int | None = option(None, "Train on a seeded sample of this many rows")
+    max_length: int = option(160, "Max tokens per post (128 would cut 14.5% of Weibo posts)")
+    epochs: int = option(3, "Epochs")
+    batch_size: int = option(16, "Posts per optimizer step (split across processes)")
+    eval_batch_size: int = option(64, "Posts per dev batch")
+    lr: float | None = option(None, "Learning rate (default: 5e-4 lora, 1e-3 adapter, 2e-5 full)")
+    weight_decay: float = option(0.01, "AdamW weight decay")
+    warmup_ratio: float = option(0.1, "Share of steps with linear warm-up")
+    max_grad_norm: float = option(1.0, "Gradient clipping (0: off)")
+    seed: int = option(42, "Seed of the split, the sampling, the shuffles and the init")
+    precision: str = option(
+        "auto", "auto (bf16 where the hardware is fast at it) | fp32 | bf16 | fp16"
+    )
+    group_by_length: bool = option(True, "Batch posts of similar length together (less padding)")
+    logging_steps: int = option(50, "Log the training loss every N steps")
+    save_steps: int = option(500, "Resumable checkpoint every N steps (and every epoch)")
+    lora_r: int = option(8, "LoRA rank")
+    lora_alpha: int = option(32, "LoRA alpha")
+    lora_dropout: float = option(0.1, "LoRA dropout")
+    lora_target_modules: list[str] = option(
+        lambda: ["c_attn", "c_proj"], "Modules LoRA adapts (repeat the flag per module)"
+    )
+    adapter_size: int = option(64, "Bottleneck adapter width")
 
     def __post_init__(self):
         if self.method not in METHODS:
