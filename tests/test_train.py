@@ -47,6 +47,7 @@ def test_run_folder_is_self_contained(trained_runs, method):
     weights = "model.safetensors" if method == "full" else "adapter_model.safetensors"
     assert weights in names
     assert "checkpoint" not in names  # removed once training finished
+    assert len({p.stat().st_mode for p in run.iterdir()}) == 1  # no 0600 files among 0644
     info = json.loads((run / "run.json").read_text())
     assert info["complete"] and info["pad_token_id"] == 0 and info["method"] == method
     if method == "full":

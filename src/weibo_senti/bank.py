@@ -72,7 +72,7 @@ class AdapterBank:
             raise UserError(f"{run} lacks LoRA weights or its score head")
 
     def remove(self, name: str) -> None:
-        self._require(name)
+        self.require(name)
         self.unmerge()
         kind, uid = self.kinds.pop(name), self.ids.pop(name)
         if kind == "lora" and "lora" in self.kinds.values():
@@ -88,7 +88,7 @@ class AdapterBank:
             self.use(self.active)
 
     def use(self, name: str) -> None:
-        self._require(name)
+        self.require(name)
         if self.merged and self.merged != name:
             self.unmerge()
         self.active = name
@@ -106,7 +106,7 @@ class AdapterBank:
             self.peft.unmerge_adapter()
             self.merged = None
 
-    def _require(self, name: str) -> None:
+    def require(self, name: str) -> None:
         if name not in self.kinds:
             loaded = ", ".join(self.kinds) or "none"
             raise UserError(f"no adapter called '{name}' is loaded (loaded: {loaded})")

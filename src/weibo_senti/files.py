@@ -41,6 +41,10 @@ def append_jsonl(path: str | Path, obj) -> None:
 
 def replace_dir(tmp_dir: Path, final_dir: Path) -> None:
     """Swap a finished folder into place; at every instant ``final_dir`` or ``.old`` is whole."""
+    mode = normal_file_mode(tmp_dir)
+    for f in tmp_dir.rglob("*"):
+        if f.is_file():
+            os.chmod(f, mode)  # as in move_files_into
     old = final_dir.with_name(final_dir.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if final_dir.exists():
@@ -49,10 +53,24 @@ def replace_dir(tmp_dir: Path, final_dir: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def normal_file_mode(folder: Path) -> int:
+    """The mode a new file gets here under the umask (read without changing the umask)."""
+    probe = folder / f".mode.{secrets.token_hex(6)}"
+    os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+    try:
+        return probe.stat().st_mode & 0o777
+    finally:
+        probe.unlink()
+
+
 def move_files_into(src_dir: Path, dst_dir: Path) -> list[str]:
-    """Rename every file of ``src_dir`` into ``dst_dir`` (each rename atomic), then drop src."""
-    names = []
+    """Rename every file of ``src_dir`` into ``dst_dir`` (each rename atomic), then drop src.
+
+    Files written by other libraries through temporary files (0600) get the normal mode, so
+    a run folder on shared storage is readable like any other file there."""
+    names, mode = [], normal_file_mode(dst_dir)
     for f in sorted(src_dir.iterdir()):
+        os.chmod(f, mode)
         os.replace(f, dst_dir / f.name)
         names.append(f.name)
     src_dir.rmdir()

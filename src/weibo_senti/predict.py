@@ -181,7 +181,7 @@ class SentimentClassifier:
         if len(names) != n:
             raise UserError(f"{len(names)} adapter names for {n} texts")
         for name in set(names):
-            self.bank._require(name)
+            self.bank.require(name)
         return names
 
     def _groups(self, names: list[str | None]) -> list[list[int]]:

@@ -424,6 +424,11 @@ def checkpoint_staging(out: Path) -> Path:
     return out / (CHECKPOINT + ".tmp")
 
 
+def checkpoint_weight_names(folder: Path) -> set[str]:
+    """The weights a checkpoint holds (Accelerate's ``model.safetensors``); names a corrupt file."""
+    return set(load_safetensors(folder / "model.safetensors"))
+
+
 def commit_checkpoint(out: Path, staging: Path, progress: dict) -> None:
     """Progress last: a staging folder without it is never taken for a checkpoint."""
     write_json(staging / CHECKPOINT_STATE, progress)

@@ -198,13 +198,8 @@ def register_checkpoint_hooks(s: Setup) -> None:
             weights[i] = {k: v for k, v in weights[i].items() if k in keep}
 
     def check_matches(models, input_dir):
-        from safetensors import safe_open
-
-        path = Path(input_dir) / "model.safetensors"
-        runfolder.load_safetensors(path)  # names the file if it is corrupt
-        with safe_open(str(path), "pt") as f:
-            if set(f.keys()) != trainable(models[0]):
-                raise UserError(f"checkpoint in {input_dir} does not match this model and method")
+        if runfolder.checkpoint_weight_names(Path(input_dir)) != trainable(models[0]):
+            raise UserError(f"checkpoint in {input_dir} does not match this model and method")
 
     s.accelerator.register_save_state_pre_hook(keep_trainable)
     s.accelerator.register_load_state_pre_hook(check_matches)
