@@ -148,9 +148,6 @@ def create_app(
 ):
     from contextlib import asynccontextmanager
 
-    from fastapi import Request
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import HTMLResponse, JSONResponse
     from fastapi_offline import FastAPIOffline
 
     state = {"ready": False, "batcher": None}
@@ -171,42 +168,52 @@ def create_app(
         lifespan=lifespan,
         description="Weibo sentiment (negative/positive) from a fine-tuned GPT-2.",
     )
-
     app.add_middleware(BodyLimit, limit=MAX_BODY)
+    app.middleware("http")(json_body_and_log)
+    add_error_handlers(app)
+    add_routes(app, clf, state)
+    return app
 
-    def error(status: int, message: str, **extra):
-        return JSONResponse({"error": message, **extra}, status_code=status)
 
-    @app.middleware("http")
-    async def json_body_and_log(request: Request, call_next):
-        t0 = time.perf_counter()
-        if request.url.path == "/v1/predict":
-            # `curl -d '{...}'` sends form encoding: the body is JSON whatever the header says.
-            headers = [(k, v) for k, v in request.scope["headers"] if k != b"content-type"]
-            request.scope["headers"] = headers + [(b"content-type", b"application/json")]
-        response = await call_next(request)
-        log.info(
-            json.dumps(
-                {
-                    "method": request.method,
-                    "path": request.url.path,
-                    "status": response.status_code,
-                    "ms": round(1000 * (time.perf_counter() - t0), 2),
-                }
-            )
+def error(status: int, message: str, **extra):
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse({"error": message, **extra}, status_code=status)
+
+
+async def json_body_and_log(request, call_next):
+    t0 = time.perf_counter()
+    if request.url.path == "/v1/predict":
+        # `curl -d '{...}'` sends form encoding: the body is JSON whatever the header says.
+        headers = [(k, v) for k, v in request.scope["headers"] if k != b"content-type"]
+        request.scope["headers"] = headers + [(b"content-type", b"application/json")]
+    response = await call_next(request)
+    ms = round(1000 * (time.perf_counter() - t0), 2)
+    log.info(
+        json.dumps(
+            {
+                "method": request.method,
+                "path": request.url.path,
+                "status": response.status_code,
+                "ms": ms,
+            }
         )
-        return response
+    )
+    return response
 
+
+def add_error_handlers(app) -> None:
+    from fastapi.exceptions import RequestValidationError
     from starlette.exceptions import HTTPException
 
     @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException):
+    async def http_error(request, exc: HTTPException):
         # e.g. a body FastAPI cannot parse at all (nesting too deep), unknown paths
         message = "malformed JSON" if "parsing the body" in str(exc.detail) else str(exc.detail)
         return error(exc.status_code, message)
 
     @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, exc: RequestValidationError):
+    async def invalid(request, exc: RequestValidationError):
         errors = exc.errors()
         if any(e.get("type") == "json_invalid" for e in errors):
             return error(400, "malformed JSON")
@@ -215,6 +222,10 @@ def create_app(
             for e in errors
         ]
         return error(422, "invalid request", details=details)
+
+
+def add_routes(app, clf, state: dict) -> None:
+    from fastapi.responses import HTMLResponse, JSONResponse
 
     @app.get("/health")
     async def health():
@@ -248,8 +259,6 @@ def create_app(
     @app.get("/", response_class=HTMLResponse)
     async def page():
         return resources.files("weibo_senti").joinpath("static/index.html").read_text("utf-8")
-
-    return app
 
 
 def serve(clf, host: str = "127.0.0.1", port: int = 8000, **kw) -> None:
