@@ -30,16 +30,16 @@ def make_runs(root: Path, tokenizer_dir: str, n: int) -> tuple[Path, list[Path]]
     from peft import LoraConfig, TaskType, get_peft_model
     from transformers import GPT2LMHeadModel
 
-    from weibo_senti import TrainConfig, modeling
-    from weibo_senti.runs import write_run_info
+    from weibo_senti import TrainConfig, modeling, runfolder
+    from weibo_senti.runfolder import RunInfo
 
     torch.manual_seed(0)
     base = root / "base"
-    GPT2LMHeadModel(modeling.gpt2_small_config()).save_pretrained(str(base))
-    tok = modeling.load_tokenizer(tokenizer_dir)
-    tok.save_pretrained(str(base))
-    model = modeling.load_base_classifier(base, tok)
     cfg = TrainConfig(method="lora", base_model=str(base))
+    GPT2LMHeadModel(modeling.gpt2_small_config()).save_pretrained(str(base))
+    tok = runfolder.load_tokenizer(tokenizer_dir, max_length=cfg.max_length)
+    runfolder.save_tokenizer(tok, base)
+    model = modeling.load_base_classifier(base, tok)
     peft = get_peft_model(
         model,
         LoraConfig(
@@ -50,21 +50,36 @@ def make_runs(root: Path, tokenizer_dir: str, n: int) -> tuple[Path, list[Path]]
             fan_in_fan_out=True,
         ),
     )
+    trainable, total = modeling.count_parameters(peft)
+    info = RunInfo(
+        method="lora",
+        base=runfolder.base_ref(cfg.base_model, base, model.config),
+        max_length=cfg.max_length,
+        pad_token_id=tok.pad_token_id,
+        text_column=cfg.text_column,
+        complete=True,
+        precision="fp32",
+        trainable_params=trainable,
+        all_params=total,
+    )
     runs = []
     for i in range(n):
         for name, p in peft.named_parameters():
             if "lora_B" in name or "modules_to_save" in name:
                 torch.nn.init.normal_(p, std=0.02)
         run = root / f"run{i}"
-        modeling.save_weights(peft, "lora", run, str(base))
-        tok.save_pretrained(str(run))
-        write_run_info(run, cfg, model.config, tok)
+        runfolder.save_weights(peft, "lora", run, cfg.base_model)
+        runfolder.save_tokenizer(tok, run)
+        runfolder.write_info(run, info)
         runs.append(run)
     return base, runs
 
 
 def shared_base(runs: list[Path]) -> dict:
     from weibo_senti import SentimentClassifier
+    from weibo_senti.cli import configure_process
+
+    configure_process()  # a fresh process: quiet transformers, every core
 
     t0 = time.perf_counter()
     clf = own_memory(SentimentClassifier.load(runs[0], precision="fp32", merge=False, name="t0"))
@@ -102,6 +117,9 @@ def shared_base(runs: list[Path]) -> dict:
 
 def merged_models(merged: Path, n: int) -> dict:
     from weibo_senti import SentimentClassifier
+    from weibo_senti.cli import configure_process
+
+    configure_process()
 
     models = [own_memory(SentimentClassifier.load(merged, precision="fp32")) for _ in range(n)]
     return {"rss_mb": rss_mb(), "models": len(models)}
@@ -130,7 +148,10 @@ def main():
     ap.add_argument("--counts", type=int, nargs="+", default=[1, 4, 16])
     ap.add_argument("--out", default="benchmarks/adapters.json")
     args = ap.parse_args()
+    from weibo_senti.cli import configure_process
     from weibo_senti.merge import merge
+
+    configure_process()
 
     root = Path(tempfile.mkdtemp(prefix="adapters-bench-"))
     base, runs = make_runs(root, args.tokenizer, max(args.counts))

@@ -29,9 +29,9 @@ def build_model(args):
 
     torch.manual_seed(0)
     if args.base_model:
-        from weibo_senti import modeling
+        from weibo_senti import TrainConfig, modeling, runfolder
 
-        tok = modeling.load_tokenizer(args.base_model)
+        tok = runfolder.load_tokenizer(args.base_model, max_length=TrainConfig().max_length)
         return modeling.load_base_classifier(Path(args.base_model), tok)
     from weibo_senti.modeling import gpt2_small_config
 
@@ -54,9 +54,17 @@ def peak_rss_mb() -> float:
 
 
 def fast_tokenizer(args):
-    from weibo_senti.modeling import load_tokenizer
+    """weibo-senti's tokenizer, with its rules for the default max length (160 tokens)."""
+    from weibo_senti import TrainConfig, runfolder
 
-    return load_tokenizer(args.tokenizer)
+    return runfolder.load_tokenizer(args.tokenizer, max_length=TrainConfig().max_length)
+
+
+def configure_process() -> None:
+    """Every phase runs in a fresh process: quiet transformers, every core (as the CLI does)."""
+    from weibo_senti.cli import configure_process as configure
+
+    configure()
 
 
 def slow_tokenizer(args):
@@ -75,6 +83,7 @@ def train_phase(args, method, ours, precision="no"):
     from weibo_senti import TrainConfig, modeling
     from weibo_senti.features import Collator, EncodedDataset, EpochBatchSampler, encode
 
+    configure_process()
     torch.manual_seed(0)
     cfg = TrainConfig(method=method)
     model = modeling.apply_method(build_model(args), cfg)
@@ -85,9 +94,9 @@ def train_phase(args, method, ours, precision="no"):
     texts, labels = load_texts(args, steps * 16)
     tokenize_s = 0.0
     if ours:
-        tok = fast_tokenizer(args)
+        tok = fast_tokenizer(args)  # model_max_length = cfg.max_length
         t0 = time.perf_counter()
-        ids, _ = encode(tok, texts, cfg.max_length)  # once, batched, fast tokenizer
+        ids, _ = encode(tok, texts)  # once, batched, fast tokenizer
         tokenize_s = time.perf_counter() - t0
         sampler = EpochBatchSampler([len(x) for x in ids], 16, seed=0, group_by_length=True)
         loader = torch.utils.data.DataLoader(
@@ -150,14 +159,25 @@ def train_phase(args, method, ours, precision="no"):
 # ----------------------------------------------------------------------------- inference
 def make_run(args, folder: Path) -> Path:
     """Save the benchmark model as a weibo-senti run, so `ours` is the product's own path."""
-    from weibo_senti import TrainConfig, modeling
-    from weibo_senti.runs import write_run_info
+    from weibo_senti import modeling, runfolder
+    from weibo_senti.runfolder import BaseRef, RunInfo
 
     model = build_model(args)
     tok = fast_tokenizer(args)
-    modeling.save_weights(model, "full", folder, "bench")
-    tok.save_pretrained(str(folder))
-    write_run_info(folder, TrainConfig(method="full", base_model="bench"), model.config, tok)
+    trainable, total = modeling.count_parameters(model)
+    runfolder.save_weights(model, "full", folder, "bench")
+    runfolder.save_tokenizer(tok, folder)
+    info = RunInfo(
+        method="full",
+        base=BaseRef(name="bench", fingerprint=runfolder.fingerprint(model.config)),
+        max_length=tok.model_max_length,
+        pad_token_id=tok.pad_token_id,
+        complete=True,
+        precision="fp32",
+        trainable_params=trainable,
+        all_params=total,
+    )
+    runfolder.write_info(folder, info)
     return folder
 
 
@@ -165,6 +185,7 @@ def infer_phase(args, run, ours, precision="fp32"):
     import numpy as np
     import torch
 
+    configure_process()
     texts, _ = load_texts(args, args.infer_texts, seed=1)
     if ours:
         from weibo_senti.predict import SentimentClassifier
@@ -219,6 +240,7 @@ def agreement_phase(args):
 
     from weibo_senti.predict import SentimentClassifier
 
+    configure_process()
     texts, _ = load_texts(args, args.agreement_texts, seed=2)
     ref = SentimentClassifier.load(args.agreement_run, merge=False, precision="fp32")
     ref = ref.predict_proba(texts)
@@ -276,6 +298,7 @@ def main():
     )
     ap.add_argument("--out", default="benchmarks/results.json")
     args = ap.parse_args()
+    configure_process()
     if args.quick:
         args.train_steps, args.infer_texts, args.latency_texts = 2, 32, 8
         args.agreement_texts = 200

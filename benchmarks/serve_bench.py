@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import json
+import logging
 import socket
 import statistics
 import subprocess
@@ -87,7 +88,11 @@ def main() -> None:
     sys.path.insert(0, str(Path(__file__).parent))
     import bench
 
+    from weibo_senti.cli import configure_process
     from weibo_senti.data import read_labelled
+
+    configure_process()
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per request
 
     texts = read_labelled(args.texts).texts[:500]
     run = bench.make_run(
@@ -106,6 +111,7 @@ def main() -> None:
         finally:
             proc.terminate()
             proc.wait(timeout=60)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(rows, indent=2))
     plot(rows, Path(args.out).with_suffix(".png"))
     print("| micro-batching | clients | requests/s | p50 ms | p99 ms | errors |")

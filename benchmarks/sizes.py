@@ -12,10 +12,13 @@ from pathlib import Path
 import torch
 from transformers import GPT2ForSequenceClassification
 
-from weibo_senti import TrainConfig, modeling
+from weibo_senti import TrainConfig, modeling, runfolder
 
 
 def main() -> None:
+    from weibo_senti.cli import configure_process
+
+    configure_process()
     sizes = {}
     for method in ("lora", "adapter", "full"):
         torch.manual_seed(0)
@@ -24,7 +27,7 @@ def main() -> None:
         )
         trainable, total = modeling.count_parameters(model)
         with tempfile.TemporaryDirectory() as tmp:
-            modeling.save_weights(model, method, Path(tmp), "gpt2-small-random")
+            runfolder.save_weights(model, method, Path(tmp), "gpt2-small-random")
             mb = sum(f.stat().st_size for f in Path(tmp).iterdir()) / 2**20
         sizes[method] = {"trainable": trainable, "all": total, "artifact_mb": round(mb, 2)}
         print(method, sizes[method], flush=True)

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import time
 from pathlib import Path
 
-from weibo_senti import TrainConfig
+from weibo_senti import TrainConfig, runfolder
+from weibo_senti.cli import configure_process
 from weibo_senti.evaluate import evaluate
 from weibo_senti.train import train
 
@@ -32,7 +32,7 @@ def main() -> None:
     ap.add_argument("--runs", default="runs/integration")
     ap.add_argument("--report", default="docs/integration")
     args = ap.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    configure_process()  # INFO logging, quiet transformers, every core
 
     results = {}
     for method in args.methods:
@@ -48,13 +48,13 @@ def main() -> None:
         t0 = time.perf_counter()
         clf = train(cfg, overwrite=True)
         seconds = time.perf_counter() - t0
-        info = json.loads((clf.run / "eval_results.json").read_text())
+        best = runfolder.read_eval_results(clf.run)
         row = {
-            "trainable_params": clf.info.get("trainable_params"),
-            "all_params": clf.info.get("all_params"),
-            "best_epoch": info["epoch"],
-            "train_seconds": info["train_seconds"],
-            "train_samples_per_second": info["train_samples_per_second"],
+            "trainable_params": clf.info.trainable_params,
+            "all_params": clf.info.all_params,
+            "best_epoch": best["epoch"],
+            "train_seconds": best["train_seconds"],
+            "train_samples_per_second": best["train_samples_per_second"],
             "wall_seconds": round(seconds, 1),
         }
         for name, data, strip in [

@@ -11,12 +11,13 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import logging
 from pathlib import Path
 
-from weibo_senti import SentimentClassifier, TrainConfig
+from weibo_senti import SentimentClassifier, TrainConfig, runfolder
+from weibo_senti.cli import configure_process
 from weibo_senti.combine import combine
 from weibo_senti.data import read_labelled, split_dev
+from weibo_senti.errors import UserError
 from weibo_senti.evaluate import evaluate
 from weibo_senti.train import train
 
@@ -31,6 +32,14 @@ def write_csv(path: Path, examples) -> Path:
     return path
 
 
+def is_complete(run: Path) -> bool:
+    """A finished training run (an interrupted one is trained again)."""
+    try:
+        return runfolder.read_info(run).complete
+    except UserError:
+        return False
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--base-model", default=str(SHARED / "models/gpt2-mini-zh"))
@@ -42,7 +51,7 @@ def main() -> None:
     ap.add_argument("--work", default="runs/multitask")
     ap.add_argument("--report", default="docs/multitask")
     args = ap.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    configure_process()  # INFO logging, quiet transformers, every core
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
 
@@ -50,7 +59,7 @@ def main() -> None:
     waimai_train = write_csv(work / "waimai_train.csv", train_set)
     waimai_dev = write_csv(work / "waimai_dev.csv", dev_set)
     waimai_run = work / "waimai"
-    if not (waimai_run / "run.json").is_file():
+    if not is_complete(waimai_run):
         train(
             TrainConfig(
                 method="lora",
