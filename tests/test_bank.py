@@ -283,3 +283,17 @@ def test_weights_accept_space_separated_values():
         "--out",
         "c",
     ]
+
+
+def test_export_copies_a_read_only_base_with_normal_modes(trained_runs, tiny_base, tmp_path):
+    import os
+
+    read_only = shutil.copytree(tiny_base, tmp_path / "ro-base")
+    os.chmod(read_only, 0o555)  # e.g. a shared model folder
+    out = tmp_path / "m"
+    code, _, err = cli(
+        "merge", trained_runs["adapter"], "--out", out, "--export", "--base-model", read_only
+    )
+    assert code == 0, err
+    assert (out / "base").stat().st_mode & 0o200  # the copy can be changed and removed
+    assert len({p.stat().st_mode for p in out.rglob("*") if p.is_file()}) == 1

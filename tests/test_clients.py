@@ -96,9 +96,15 @@ def test_peft_from_pretrained_on_a_lora_run(trained_runs, tiny_base):
     run = trained_runs["lora"]
     tok = AutoTokenizer.from_pretrained(str(run))
     base = AutoModelForSequenceClassification.from_pretrained(
-        str(tiny_base), pad_token_id=tok.pad_token_id
+        str(tiny_base),
+        pad_token_id=tok.pad_token_id,
+        id2label={0: "negative", 1: "positive"},
+        label2id={"negative": 0, "positive": 1},
     )
     model = PeftModel.from_pretrained(base, str(run)).eval()
+    adapter_config = json.loads((run / "adapter_config.json").read_text())
+    assert adapter_config["base_model_name_or_path"] == str(tiny_base.resolve())  # from anywhere
+    assert model.config.id2label[1] == "positive"
     with torch.no_grad():
         batch = tok(TEXTS, padding=True, truncation=True, return_tensors="pt")
         probs = model(**batch).logits.softmax(-1)[:, 1].numpy()

@@ -39,10 +39,26 @@ def test_sampler_covers_everything_once_and_depends_only_on_seed_and_epoch(group
     assert e0 == list(EpochBatchSampler(lengths, 16, seed=3, group_by_length=group))
     s.set_epoch(1)
     assert list(s) != e0
-    s.set_epoch(0)
-    s.skip = 5
-    assert list(s) == e0[5:]
-    assert list(s) == e0  # skip applies once
+
+
+@pytest.mark.parametrize("rows", [1000, 1001, 993])  # a last batch of 8, of 9, of 1
+@pytest.mark.parametrize("group", [True, False])
+def test_processes_share_every_global_batch_and_none_is_left_empty(rows, group):
+    lengths = [i % 37 for i in range(rows)]
+    one = EpochBatchSampler(lengths, 16, seed=3, group_by_length=group)
+    shards = [
+        EpochBatchSampler(lengths, 16, 3, group_by_length=group, num_processes=2, process_index=i)
+        for i in range(2)
+    ]
+    for s in (one, *shards):
+        s.set_epoch(4)
+    a, b = list(shards[0]), list(shards[1])
+    assert len(a) == len(b) == len(shards[0]) and all(a) and all(b)
+    assert [x + y for x, y in zip(a, b)] == list(shards[0].batches())
+    assert sorted(i for batch in a + b for i in batch) == list(range(rows))  # nothing lost
+    assert max(abs(len(x) - len(y)) for x, y in zip(a, b)) <= 1
+    if rows != 993:  # one process keeps its last batch of 1; two merge it into another
+        assert list(one) == list(shards[0].batches())
 
 
 def test_length_grouping_reduces_padding():

@@ -13,7 +13,7 @@ import torch
 from conftest import train_config, train_until_interrupted
 from test_cli import cli
 
-from weibo_senti import UserError, runfolder
+from weibo_senti import runfolder
 from weibo_senti.train import train
 
 TEXTS = ["好棒喜爱赞乐美好棒喜爱赞", "差坏烂恨糟怒哭差坏烂恨糟", "我你他的了是在有人这中大"]
@@ -130,6 +130,43 @@ def test_a_kill_after_completion_is_not_resumed_and_the_leftovers_go(
     cfg = train_config("adapter", tiny_base, *task_files, tmp_path / "r", **KW)
     train_until_interrupted(cfg, step=40)
     runfolder.mark_complete(tmp_path / "r")  # as if killed between marking and cleaning up
-    with pytest.raises(UserError, match="finished training; nothing to resume"):
-        train(cfg, resume=True)
+    code, _, err = cli("train", "--resume", "--out", tmp_path / "r")
+    assert code == 0 and "finished training; nothing to resume" in err, err
     assert not (tmp_path / "r" / "checkpoint").exists()
+
+
+def test_resume_takes_the_base_from_elsewhere_but_no_other_change(tiny_base, task_files, tmp_path):
+    base = shutil.copytree(tiny_base, tmp_path / "base")
+    cfg = train_config("lora", base, *task_files, tmp_path / "r", **KW)
+    train_until_interrupted(cfg, step=10)
+    shutil.move(base, tmp_path / "moved-base")  # another machine: the base is elsewhere
+    code, _, err = cli("train", "--resume", "--out", tmp_path / "r", "--epochs", 5)
+    assert code == 2 and "--epochs cannot change it" in err
+    code, _, err = cli("train", "--resume", "--out", tmp_path / "r")
+    assert code == 2 and "--base-model" in err
+    code, _, err = cli(
+        "train", "--resume", "--out", tmp_path / "r", "--base-model", tmp_path / "moved-base"
+    )
+    assert code == 0, err
+
+
+def test_a_train_that_cannot_start_leaves_no_folder(task_files, tmp_path):
+    code, _, err = cli("train", "--base-model", tmp_path / "nope", "--out", tmp_path / "r")
+    assert code == 2 and "does not exist" in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_old_records_and_foreign_bases_get_one_line(trained_runs, tmp_path, monkeypatch):
+    """run.json of weibo-senti 0.1 (`base_model` + a flat fingerprint) still loads."""
+    for method in ("lora", "adapter"):
+        old = shutil.copytree(trained_runs[method], tmp_path / method)
+        info = json.loads((old / "run.json").read_text())
+        flat = {**info, "base_model": info["base"]["path"], "base": info["base"]["fingerprint"]}
+        (old / "run.json").write_text(json.dumps(flat))
+        monkeypatch.chdir("/")
+        assert predicted(old) == predicted(trained_runs[method])
+    bert = tmp_path / "bert"
+    bert.mkdir()
+    (bert / "config.json").write_text(json.dumps({"model_type": "bert", "vocab_size": 141}))
+    code, _, err = cli("predict", trained_runs["lora"], "--base-model", bert, "--text", "好")
+    assert code == 2 and "different base" in err and "\n" not in err.strip()

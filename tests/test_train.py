@@ -141,8 +141,27 @@ def test_resume_after_interruption_matches_uninterrupted(tiny_base, task_files, 
     )
     steps = [m["step"] for m in read_metrics(tmp_path / "b") if m["type"] == "train"]
     assert steps == sorted(set(steps))  # no duplicated log lines after the resume
-    with pytest.raises(UserError, match="finished"):
-        train(cfg, resume=True)
+    # the same log: the loss window open at the checkpoint was saved with it
+    logged = {
+        r: [(m["type"], m["step"], round(m["loss"], 5)) for m in read_metrics(tmp_path / r)]
+        for r in "ab"
+    }
+    assert logged["a"] == logged["b"]
+    again = train(cfg, resume=True)  # finished: nothing to do, the run comes back as it is
+    assert (again.predict_logits(texts)[0] == resumed.predict_logits(texts)[0]).all()
+
+
+def test_resume_in_an_earlier_epoch_matches_uninterrupted(tiny_base, task_files, tmp_path):
+    """Epochs after the resumed one shuffle as they would have (seed, epoch)."""
+    kw = dict(epochs=3, save_steps=7, logging_steps=4, max_train_samples=470)  # last batch: 6
+    full = train(train_config("lora", tiny_base, *task_files, tmp_path / "a", **kw))
+    cfg = train_config("lora", tiny_base, *task_files, tmp_path / "b", **kw)
+    train_until_interrupted(cfg, step=17)  # epoch 1 of 3 (30 steps each), checkpoint at 14
+    resumed = train(cfg, resume=True)
+    texts = ["好好的人", "差的天", "我你他的了是在"]
+    assert (full.predict_logits(texts)[0] == resumed.predict_logits(texts)[0]).all()
+    evals = [m for m in read_metrics(tmp_path / "b") if m["type"] == "eval"]
+    assert [m["epoch"] for m in evals] == [1, 2, 3]
 
 
 def test_bf16_autocast_trains_on_cpu(tiny_base, task_files, tmp_path):

@@ -106,7 +106,9 @@ class AdapterBank:
             self.peft.unmerge_adapter()
             self.merged = None
 
-    def require(self, name: str) -> None:
+    def require(self, name: str | None) -> None:
+        if name is None:
+            raise UserError("no adapter is loaded: add one with add_adapter")
         if name not in self.kinds:
             loaded = ", ".join(self.kinds) or "none"
             raise UserError(f"no adapter called '{name}' is loaded (loaded: {loaded})")

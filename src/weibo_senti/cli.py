@@ -75,8 +75,9 @@ def config_options() -> list[inspect.Parameter]:
     hints = typing.get_type_hints(TrainConfig)
     params = []
     for f in dataclasses.fields(TrainConfig):
-        kind = next((a for a in typing.get_args(hints[f.name]) if a is not type(None)), None)
-        kind = kind or hints[f.name]
+        kind = hints[f.name]
+        if type(None) in typing.get_args(kind):  # `X | None`: the flag is an X
+            kind = next(a for a in typing.get_args(kind) if a is not type(None))
         default = f.default_factory() if callable(f.default_factory) else f.default
         shown = " ".join(default) if isinstance(default, list) else default
         help = f.metadata["help"] + (
@@ -95,6 +96,10 @@ def config_options() -> list[inspect.Parameter]:
     return params
 
 
+# What --resume takes besides the folder: the base and the data may lie elsewhere now.
+RESUME_FLAGS = ("out", "base_model", "data", "dev_data", "method")
+
+
 def train(
     config: Path | None = None, resume: bool = False, overwrite: bool = False, **options
 ) -> None:
@@ -106,10 +111,29 @@ def train(
         from .runfolder import read_hyperparameters
 
         folder = Path(options["out"] or f"runs/{options['method'] or 'lora'}")
-        cfg = TrainConfig.from_sources(read_hyperparameters(folder), out=str(folder))
+        given = [k for k, v in options.items() if v is not None and k not in RESUME_FLAGS]
+        if given or config:
+            flags = ", ".join(f"--{k.replace('_', '-')}" for k in given + ["config"] * bool(config))
+            raise UserError(
+                f"--resume continues the run as it was configured; {flags} cannot change it "
+                f"(start a new run with --config {folder}/hyperparameters.yaml instead)"
+            )
+        from .runfolder import is_complete
+
+        if is_complete(folder):
+            typer.echo(f"{folder} has finished training; nothing to resume", err=True)
+        saved = read_hyperparameters(folder)
+        moved = {k: options[k] for k in ("base_model", "data", "dev_data")}  # now elsewhere
+        cfg = TrainConfig.from_sources(saved, out=str(folder), **moved)
     else:
         cfg = TrainConfig.from_sources(config, **options)
-    clf = run_training(cfg, resume=resume, overwrite=overwrite)
+    try:
+        clf = run_training(cfg, resume=resume, overwrite=overwrite)
+    except KeyboardInterrupt:  # said here: typer turns Ctrl-C into a bare exit otherwise
+        typer.echo(
+            f"\ninterrupted: continue with weibo-senti train --resume --out {cfg.out}", err=True
+        )
+        raise typer.Exit(130) from None
     typer.echo(f"run saved to {clf.run}")
 
 
@@ -423,9 +447,6 @@ def main() -> None:
     except UserError as e:
         typer.echo(f"error: {e}", err=True)
         sys.exit(2)
-    except KeyboardInterrupt:
-        typer.echo("interrupted (a training run continues with --resume)", err=True)
-        sys.exit(130)
 
 
 if __name__ == "__main__":  # `accelerate launch -m weibo_senti.cli train ...`

@@ -48,6 +48,8 @@ def combine(
     for r, info in zip(runs, infos):
         if info.method != "lora":
             raise UserError(f"{r} is a {info.method} run: only LoRA runs can be combined")
+        if (info.labels, info.max_length) != (infos[0].labels, infos[0].max_length):
+            raise UserError(f"{r} has other labels or another max length than {runs[0]}")
     peft_model, heads = _load_for_combination(runs, infos, base_model)
     uids = [f"run{i}" for i in range(len(runs))]
     kw = {"density": density} if density is not None else {}
@@ -59,12 +61,7 @@ def combine(
         raise UserError(
             f"PEFT cannot combine these adapters with {combination_type}: {e}"
         ) from None
-    if head == "weighted":
-        head_weight = sum(w * h for w, h in zip(weights, heads))
-    elif head.isdigit() and int(head) < len(runs):
-        head_weight = heads[int(head)]
-    else:
-        raise UserError(f"--head must be 'weighted' or a run index 0..{len(runs) - 1}")
+    head_weight = _combined_head(heads, weights, head)
 
     from peft import get_peft_model_state_dict
 
@@ -78,18 +75,28 @@ def combine(
     runfolder.save_lora_state(staging, state, config, infos[0].base.name)
     runfolder.save_tokenizer(runfolder.run_tokenizer(runs[0], infos[0]), staging)
     origin = {
-        "combined_from": [str(r) for r in runs],
+        "combined_from": [str(r.resolve()) for r in runs],
         "weights": list(weights),
         "combination_type": combination_type,
         "head": head,
     }
-    runfolder.write_info(staging, dataclasses.replace(infos[0], origin=origin))
+    trainable = sum(v.numel() for v in state.values())
+    combined = dataclasses.replace(infos[0], origin=origin, trainable_params=trainable)
+    runfolder.write_info(staging, combined)
     runfolder.publish(staging, out)
     return out
 
 
 # Where PEFT keeps a sequence classifier's head in a saved adapter (modules_to_save).
 _HEAD_KEY = "base_model.model.score.weight"
+
+
+def _combined_head(heads: list, weights: list[float], head: str) -> torch.Tensor:
+    if head == "weighted":
+        return sum(w * h for w, h in zip(weights, heads))
+    if head.isdigit() and int(head) < len(heads):
+        return heads[int(head)]
+    raise UserError(f"--head must be 'weighted' or a run index 0..{len(heads) - 1}")
 
 
 def _load_for_combination(runs: list[Path], infos, base_model: str | None):

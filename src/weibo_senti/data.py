@@ -82,12 +82,14 @@ def _rows(text: str, path: Path):
         return
     first = text.split("\n", 1)[0]
     delimiter = "\t" if suffix == ".tsv" or ("\t" in first and "," not in first) else ","
-    # csv's field limit is process-wide: raised only while this file is read, then restored.
-    limit = csv.field_size_limit(2**31 - 1)  # huge texts are cut at tokenization, not here
+    # csv's field limit is process-wide: raised only while this file is parsed (at once,
+    # not across a suspended generator), then restored. Huge texts are cut at tokenization.
+    limit = csv.field_size_limit(2**31 - 1)
     try:
-        yield from _csv_rows(text, path, delimiter)
+        rows = list(_csv_rows(text, path, delimiter))
     finally:
         csv.field_size_limit(limit)
+    yield from rows
 
 
 def _csv_rows(text: str, path: Path, delimiter: str):

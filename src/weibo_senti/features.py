@@ -8,37 +8,26 @@ import json
 import torch
 from torch.utils.data import Sampler
 
-CHARS_PER_TOKEN_CAP = 16  # pre-cut huge texts: no wordpiece token is longer than this
-
 
 def encode(tokenizer, texts: list[str]) -> tuple[list[list[int]], list[bool]]:
     """Token ids and whether each text was cut: exactly ``tokenizer(text, truncation=True)``.
 
     The tokenizer's own rules decide (``model_max_length``, no token_type_ids), as in any
-    stock client. Huge texts are pre-cut for speed; where that could matter (the cut text
-    came out shorter than the limit) the whole text is tokenized again.
+    stock client. What truncation cut off comes back as overflow rows: a text with one is cut.
     """
-    max_length = tokenizer.model_max_length
-    clipped = [t[: max_length * CHARS_PER_TOKEN_CAP] for t in texts]
-    # One token over the limit tells us whether truncation happened, without a second pass.
-    full = _ids(tokenizer, clipped, max_length + 1)
-    redo = [
-        i
-        for i, (t, c) in enumerate(zip(texts, clipped))
-        if len(t) > len(c) and len(full[i]) <= max_length
-    ]
-    for i, ids in zip(redo, _ids(tokenizer, [texts[i] for i in redo], max_length + 1)):
-        full[i] = ids
-    truncated = [len(x) > max_length for x in full]
-    ids = [x[: max_length - 1] + [x[-1]] if cut else x for x, cut in zip(full, truncated)]
-    return ids, truncated
-
-
-def _ids(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
     if not texts:
-        return []
-    enc = tokenizer(texts, truncation=True, max_length=max_length, return_attention_mask=False)
-    return enc["input_ids"]
+        return [], []
+    enc = tokenizer(
+        texts, truncation=True, return_overflowing_tokens=True, return_attention_mask=False
+    )
+    ids: list = [None] * len(texts)
+    truncated = [False] * len(texts)
+    for row, i in zip(enc["input_ids"], enc["overflow_to_sample_mapping"]):
+        if ids[i] is None:
+            ids[i] = row
+        else:
+            truncated[i] = True
+    return ids, truncated
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -58,7 +47,7 @@ def encode_cached(tokenizer, texts: list[str], cache_dir=None):
     digest = hashlib.sha256()
     for t in texts:
         digest.update(t.encode("utf-8", "surrogatepass") + b"\0")
-    digest.update(f"{tokenizer_fingerprint(tokenizer)}|{tokenizer.model_max_length}".encode())
+    digest.update(f"v2|{tokenizer_fingerprint(tokenizer)}|{tokenizer.model_max_length}".encode())
     path = (cache_dir or default_cache() / "tokens") / f"{digest.hexdigest()[:32]}.safetensors"
     if path.is_file():
         try:
@@ -119,23 +108,38 @@ class Collator:
 class EpochBatchSampler(Sampler[list[int]]):
     """Seeded per-epoch shuffle; optionally groups similar lengths (less padding).
 
-    Order depends only on (seed, epoch), so a resumed run sees the same batches; ``skip``
-    drops the batches an interrupted epoch already trained on.
+    The global batches depend only on (seed, epoch), so a resumed run sees the same batches,
+    and so does every process: process ``process_index`` of ``num_processes`` takes its
+    contiguous share of each global batch. (Accelerate's own split drops a part-filled batch
+    from the middle of an epoch and pads the last one with repeated rows.) A last batch with
+    fewer posts than processes joins the batch before it, so no process is ever left empty.
     """
 
-    def __init__(self, lengths, batch_size: int, seed: int, shuffle=True, group_by_length=True):
+    def __init__(
+        self,
+        lengths,
+        batch_size: int,
+        seed: int,
+        shuffle=True,
+        group_by_length=True,
+        num_processes: int = 1,
+        process_index: int = 0,
+    ):
         self.lengths = list(lengths)
         self.batch_size, self.seed = batch_size, seed
         self.shuffle, self.group_by_length = shuffle, group_by_length
-        self.epoch, self.skip = 0, 0
+        self.num_processes, self.process_index = num_processes, process_index
+        self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def batches(self) -> list[list[int]]:
+        """The global batches of this epoch."""
         n, bs = len(self.lengths), self.batch_size
         if not self.shuffle:
-            return [list(range(i, min(i + bs, n))) for i in range(0, n, bs)]
+            batches = [list(range(i, min(i + bs, n))) for i in range(0, n, bs)]
+            return self._no_tiny_batch(batches)
         g = torch.Generator().manual_seed(self.seed * 1000 + self.epoch)
         order = torch.randperm(n, generator=g).tolist()
         if self.group_by_length:
@@ -150,11 +154,27 @@ class EpochBatchSampler(Sampler[list[int]]):
         if self.group_by_length:
             perm = torch.randperm(len(batches), generator=g).tolist()
             batches = [batches[i] for i in perm]
+        return self._no_tiny_batch(batches)
+
+    def _no_tiny_batch(self, batches: list[list[int]]) -> list[list[int]]:
+        tiny = [i for i, b in enumerate(batches) if len(b) < self.num_processes]
+        if tiny and len(batches) > 1:
+            i = tiny[0]
+            other = i - 1 if i > 0 else 1
+            batches[other] = batches[other] + batches[i]
+            del batches[i]
         return batches
 
+    def shard(self, batch: list[int]) -> list[int]:
+        size, extra = divmod(len(batch), self.num_processes)
+        start = self.process_index * size + min(self.process_index, extra)
+        return batch[start : start + size + (self.process_index < extra)]
+
     def __iter__(self):
-        skip, self.skip = self.skip, 0
-        yield from self.batches()[skip:]
+        for batch in self.batches():
+            yield self.shard(batch)
 
     def __len__(self) -> int:
-        return (len(self.lengths) + self.batch_size - 1) // self.batch_size
+        n, bs = len(self.lengths), self.batch_size
+        full, rest = divmod(n, bs)
+        return full + (1 if rest and (rest >= self.num_processes or full == 0) else 0)

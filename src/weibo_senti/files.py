@@ -63,6 +63,16 @@ def normal_file_mode(folder: Path) -> int:
         probe.unlink()
 
 
+def normal_dir_mode(parent: Path) -> int:
+    """The mode a new folder gets here under the umask (read without changing the umask)."""
+    probe = parent / f".mode.{secrets.token_hex(6)}"
+    probe.mkdir(mode=0o777)
+    try:
+        return probe.stat().st_mode & 0o777
+    finally:
+        probe.rmdir()
+
+
 def move_files_into(src_dir: Path, dst_dir: Path) -> list[str]:
     """Rename every file of ``src_dir`` into ``dst_dir`` (each rename atomic), then drop src.
 

@@ -30,13 +30,17 @@ def merge(
     clf = SentimentClassifier.load(run, base_model, precision="fp32", merge=False, name="default")
     staging = runfolder.staging_dir(out, overwrite)
     if info.method == "lora":
-        merged = dataclasses.replace(info, method="full", origin={"merged_from": str(run)})
+        merged = dataclasses.replace(
+            info, method="full", origin={"merged_from": str(run.resolve())}
+        )
         runfolder.save_model_folder(staging, clf.bank.fold(), clf.tokenizer, merged)
     else:
         runfolder.copy_run_files(run, staging)
         runfolder.bundle_base(staging, runfolder.resolve_base(run, info, base_model))
         base = dataclasses.replace(info.base, bundled=True, path=None)
-        exported = dataclasses.replace(info, base=base, origin={"exported_from": str(run)})
+        exported = dataclasses.replace(
+            info, base=base, origin={"exported_from": str(run.resolve())}
+        )
         runfolder.write_info(staging, exported)
     runfolder.publish(staging, out)
     return out

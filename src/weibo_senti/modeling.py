@@ -110,14 +110,3 @@ def describe_parameters(model: nn.Module) -> str:
         f"trainable params: {trainable:,} || all params: {total:,} || "
         f"trainable%: {100 * trainable / total:.4f}"
     )
-
-
-def fold_for_export(bank) -> nn.Module:
-    """The bank's single adapter as a plain model: LoRA folded in, head back in ``score``."""
-    if len(bank.kinds) != 1:
-        raise UserError("folding needs exactly one loaded adapter")
-    ((name, kind),) = bank.kinds.items()
-    model = bank.model.merge_and_unload() if kind == "lora" else bank.model
-    head = bank.heads.heads[bank.ids[name]]
-    model.score = head
-    return model

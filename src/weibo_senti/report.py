@@ -9,13 +9,12 @@ from .errors import UserError
 from .files import atomic_write
 
 
-def _plt():
-    import matplotlib
+def figure(ncols: int = 1, figsize=(6, 4), **kw):
+    """A figure and its axes, from matplotlib's object API: no pyplot, no global backend."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(1, ncols, **kw)
 
 
 def read_metrics(run: Path) -> tuple[list[dict], list[dict]]:
@@ -27,7 +26,6 @@ def read_metrics(run: Path) -> tuple[list[dict], list[dict]]:
 
 def save_figure(fig, path: Path) -> None:
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png"))
-    _plt().close(fig)
 
 
 def plot_run(run: Path, out: Path | None = None) -> Path:
@@ -35,8 +33,7 @@ def plot_run(run: Path, out: Path | None = None) -> Path:
     train, evals = read_metrics(run)
     if not train and not evals:
         raise UserError(f"{run} has no training metrics to plot")
-    plt = _plt()
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (a, b) = figure(2, figsize=(11, 4))
     a.plot([r["epoch"] for r in train], [r["loss"] for r in train], label="train loss")
     a.plot([r["epoch"] for r in evals], [r["loss"] for r in evals], "o-", label="dev loss")
     a.set_xlabel("epoch")
@@ -55,9 +52,8 @@ def plot_run(run: Path, out: Path | None = None) -> Path:
 
 def plot_comparison(results: dict, runs: dict[str, Path], out: Path) -> list[Path]:
     """Curves of every method on one figure, confusion matrices, accuracy vs artifact size."""
-    plt = _plt()
     paths = []
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (a, b) = figure(2, figsize=(11, 4))
     for method, run in runs.items():
         train, evals = read_metrics(run)
         a.plot([r["epoch"] for r in train], [r["loss"] for r in train], label=method)
@@ -70,7 +66,7 @@ def plot_comparison(results: dict, runs: dict[str, Path], out: Path) -> list[Pat
     paths.append(out / "curves.png")
 
     methods = list(results)
-    fig, axes = plt.subplots(1, len(methods), figsize=(3.2 * len(methods), 3.2), squeeze=False)
+    fig, axes = figure(len(methods), figsize=(3.2 * len(methods), 3.2), squeeze=False)
     for ax, method in zip(axes[0], methods):
         cm = results[method]["confusion_matrix"]
         ax.imshow(cm, cmap="Blues")
@@ -90,7 +86,7 @@ def plot_comparison(results: dict, runs: dict[str, Path], out: Path) -> list[Pat
     save_figure(fig, out / "confusion.png")
     paths.append(out / "confusion.png")
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = figure()
     for method in methods:
         r = results[method]
         size, acc = r["artifact_mb"]["mean"], r["dev_accuracy"]["mean"]

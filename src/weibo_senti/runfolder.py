@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,14 @@ from pathlib import Path
 from . import __version__
 from .data import LABELS, LABELS_ZH
 from .errors import UserError
-from .files import append_jsonl, move_files_into, replace_dir, write_json, write_text
+from .files import (
+    append_jsonl,
+    move_files_into,
+    normal_dir_mode,
+    replace_dir,
+    write_json,
+    write_text,
+)
 
 log = logging.getLogger("weibo_senti")
 
@@ -79,7 +87,9 @@ class RunInfo:
     def from_dict(cls, raw: dict, where: Path) -> RunInfo:
         raw = dict(raw)
         if isinstance(raw.get("base_model"), str):  # written by weibo-senti 0.1 before this
-            raw["base"] = {"name": raw.pop("base_model"), "fingerprint": raw.get("base") or {}}
+            name = raw.pop("base_model")
+            bundled = name == BUNDLED_BASE and "exported_from" in raw  # relative to the run
+            raw["base"] = {"name": name, "fingerprint": raw.get("base") or {}, "bundled": bundled}
         for key in ("method", "base", "max_length", "pad_token_id"):
             if key not in raw:
                 raise UserError(f"{where} lacks '{key}': not a weibo-senti run folder")
@@ -98,8 +108,8 @@ def fingerprint(config) -> dict:
     """What an adapter depends on: architecture and vocabulary of the base."""
     return {
         "model_type": config.model_type,
-        "n_layer": config.n_layer,
-        "n_embd": config.n_embd,
+        "n_layer": getattr(config, "n_layer", None),
+        "n_embd": getattr(config, "n_embd", None),
         "vocab_size": config.vocab_size,
     }
 
@@ -138,8 +148,9 @@ def read_json(path: Path) -> dict:
 
 # ---------------------------------------------------------------------------- the base
 def resolve_base(run: Path, info: RunInfo, override: str | None = None) -> Path:
-    """The run's base folder: ``override``; else the bundled copy, the recorded name and
-    absolute path, then the hub id. It must match the recorded fingerprint."""
+    """The run's base folder: ``override``; else the bundled copy, the absolute path recorded
+    at training time, the name as given (from here), then the hub id. It must match the
+    recorded fingerprint."""
     from .hub import looks_like_hub_id, resolve_base_model
 
     if override:
@@ -149,7 +160,7 @@ def resolve_base(run: Path, info: RunInfo, override: str | None = None) -> Path:
             raise UserError(f"{run} was trained on a different base: {override} {mismatch}")
         return folder
     local = [run / BUNDLED_BASE] if info.base.bundled else []
-    local += [Path(c).expanduser() for c in (info.base.name, info.base.path) if c]
+    local += [Path(c).expanduser() for c in (info.base.path, info.base.name) if c]
     tried = []
     for path in dict.fromkeys(p.resolve() for p in local):
         if not (path / "config.json").is_file():
@@ -158,15 +169,15 @@ def resolve_base(run: Path, info: RunInfo, override: str | None = None) -> Path:
             tried.append(f"{path} {mismatch}")
         else:
             return path
-    if looks_like_hub_id(info.base.name):
+    if looks_like_hub_id(info.base.name) and not info.base.bundled:
         try:
             folder = resolve_base_model(info.base.name)
-            mismatch = _fingerprint_mismatch(info, folder)
-            if not mismatch:
+        except UserError:
+            tried.append(f"hub id {info.base.name} (not cached, hub not reachable)")
+        else:
+            if not (mismatch := _fingerprint_mismatch(info, folder)):
                 return folder
-            tried.append(f"{info.base.name} {mismatch}")
-        except UserError as e:
-            tried.append(f"hub id {info.base.name} (not downloadable: {e})")
+            tried.append(f"hub id {info.base.name} {mismatch}")
     raise UserError(
         f"cannot find the base model of {run}: tried {'; '.join(tried)}; "
         "pass --base-model PATH to a local copy of it"
@@ -174,9 +185,14 @@ def resolve_base(run: Path, info: RunInfo, override: str | None = None) -> Path:
 
 
 def _fingerprint_mismatch(info: RunInfo, folder: Path) -> str:
+    """Why ``folder`` is not the run's base ("" when it is)."""
     from transformers import AutoConfig
 
-    found = fingerprint(AutoConfig.from_pretrained(str(folder), trust_remote_code=False))
+    try:
+        config = AutoConfig.from_pretrained(str(folder), trust_remote_code=False)
+    except Exception as e:  # corrupt or foreign config.json
+        return f"(unreadable config.json: {str(e).splitlines()[0][:120]})"
+    found = fingerprint(config)
     if info.base.fingerprint and found != info.base.fingerprint:
         return f"is another model ({found}; the run needs {info.base.fingerprint})"
     return ""
@@ -223,13 +239,20 @@ def run_tokenizer(run: Path, info: RunInfo):
 
 
 # ---------------------------------------------------------------------------- weights
+def portable_base_name(given: str) -> str:
+    """How adapter_config.json names the base: a local folder by its absolute path (so PEFT's
+    AutoPeftModel finds it from any directory), a hub id as it is."""
+    path = Path(given).expanduser()
+    return str(path.resolve()) if path.exists() else given
+
+
 def save_weights(model, method: str, folder: Path, base_name: str) -> None:
     """The method's weights (safetensors + a small JSON config) into ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
     if method in ("lora", "full"):
         model.save_pretrained(str(folder), safe_serialization=True)
         (folder / "README.md").unlink(missing_ok=True)  # PEFT's empty model-card stub
-        if method == "lora":  # the id or path the user gave, not a cache path
+        if method == "lora":  # a hub id, or the local base's absolute path (AutoPeftModel)
             cfg = read_json(folder / ADAPTER_CONFIG)
             cfg["base_model_name_or_path"] = base_name
             write_json(folder / ADAPTER_CONFIG, cfg)
@@ -382,7 +405,12 @@ def copy_run_files(run: Path, folder: Path) -> None:
 
 
 def bundle_base(folder: Path, base: Path) -> None:
-    shutil.copytree(base, folder / BUNDLED_BASE, ignore=shutil.ignore_patterns(".*"))
+    """The base's files, with this machine's normal modes (a read-only source stays apart)."""
+    copy = folder / BUNDLED_BASE
+    ignore = shutil.ignore_patterns(".*")
+    shutil.copytree(base, copy, ignore=ignore, copy_function=shutil.copyfile)
+    for d in [copy, *(p for p in copy.rglob("*") if p.is_dir())]:
+        os.chmod(d, normal_dir_mode(folder))
 
 
 # ---------------------------------------------------------------------------- metrics
@@ -403,14 +431,18 @@ def read_metrics(run: Path) -> list[dict]:
     return rows
 
 
-def trim_metrics(run: Path, last_step: int) -> None:
+def trim_metrics(run: Path, last_step: int, epochs_done: int) -> None:
     """Drop lines written after the checkpoint: the resumed run writes them again."""
     path = run / METRICS
     if not path.is_file():
         return
-    kept = [
-        r for r in read_metrics(run) if isinstance(r.get("step"), int) and r["step"] <= last_step
-    ]
+
+    def before(r: dict) -> bool:
+        if r.get("type") == "eval":  # an epoch validated but not yet checkpointed
+            return isinstance(r.get("epoch"), int) and r["epoch"] <= epochs_done
+        return isinstance(r.get("step"), int) and r["step"] <= last_step
+
+    kept = [r for r in read_metrics(run) if before(r)]
     write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
 
 
@@ -435,25 +467,37 @@ def commit_checkpoint(out: Path, staging: Path, progress: dict) -> None:
     replace_dir(staging, out / CHECKPOINT)
 
 
-def open_checkpoint(out: Path) -> tuple[Path, dict]:
-    """The checkpoint to resume from and its progress; recovers from a kill at any phase."""
+def is_complete(out: Path) -> bool:
+    return (out / INFO).is_file() and read_info(out).complete
+
+
+def recover_checkpoint(out: Path) -> None:
+    """Repair what a kill left (one process does this, before ``open_checkpoint``)."""
     ckpt, old = out / CHECKPOINT, out / (CHECKPOINT + ".old")
-    if not out.is_dir():
-        raise UserError(f"{out} does not exist; nothing to resume")
-    if (out / INFO).is_file() and read_info(out).complete:
-        for leftover in (ckpt, old, checkpoint_staging(out)):  # killed while cleaning up
-            shutil.rmtree(leftover, ignore_errors=True)
-        raise UserError(f"{out} has finished training; nothing to resume")
     if not (ckpt / CHECKPOINT_STATE).is_file() and (old / CHECKPOINT_STATE).is_file():
         shutil.rmtree(ckpt, ignore_errors=True)
         old.rename(ckpt)  # killed in the middle of the swap
+
+
+def open_checkpoint(out: Path) -> tuple[Path, dict]:
+    """The checkpoint to resume from and its progress (read only)."""
+    ckpt = out / CHECKPOINT
+    if not out.is_dir():
+        raise UserError(f"{out} does not exist; nothing to resume")
     if not (ckpt / CHECKPOINT_STATE).is_file():
-        raise UserError(f"{out} has no checkpoint to resume from; start without --resume")
+        raise UserError(
+            f"{out} has no checkpoint to resume from; train it again with --overwrite "
+            "(or choose another --out)"
+        )
     return ckpt, read_json(ckpt / CHECKPOINT_STATE)
 
 
 def finish(out: Path) -> None:
-    """Mark the run complete, then drop the checkpoint (a kill in between is recovered)."""
+    """Mark the run complete, then drop the checkpoint (a kill in between: see drop_checkpoint)."""
     mark_complete(out)
+    drop_checkpoint(out)
+
+
+def drop_checkpoint(out: Path) -> None:
     for leftover in (out / CHECKPOINT, out / (CHECKPOINT + ".old"), checkpoint_staging(out)):
         shutil.rmtree(leftover, ignore_errors=True)

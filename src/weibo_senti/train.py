@@ -10,12 +10,13 @@ plus our progress file; a resumed epoch skips the batches already trained on wit
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -43,6 +44,7 @@ class Progress:
     best_macro_f1: float = -1.0
     train_seconds: float = 0.0
     samples_seen: int = 0
+    loss_window: list[float] = field(default_factory=list)  # losses since the last log line
 
 
 @dataclass
@@ -70,11 +72,36 @@ def train(
     overwrite: bool = False,
     on_step: Callable[[int], None] | None = None,
 ):
-    """Train ``cfg.method`` into the run folder ``cfg.out``; returns the classifier."""
-    s = setup(cfg, resume, overwrite)
-    state = restore(s) if resume else begin(s)
-    fit(s, state, on_step)
-    return finish(s)
+    """Train ``cfg.method`` into the run folder ``cfg.out``; returns the classifier.
+
+    With ``resume``, continues the run in ``cfg.out`` (a finished run is returned as it is).
+    The caller's random generators are left as they were.
+    """
+    with preserved_rng():
+        if resume and runfolder.is_complete(Path(cfg.out)):
+            log.info("%s has finished training; nothing to resume", cfg.out)
+            runfolder.drop_checkpoint(Path(cfg.out))  # killed after finishing, before cleaning
+            from .predict import SentimentClassifier
+
+            return SentimentClassifier.load(cfg.out, precision="fp32", merge=False)
+        s = setup(cfg, resume, overwrite)
+        state = restore(s) if resume else begin(s)
+        fit(s, state, on_step)
+        return finish(s)
+
+
+@contextlib.contextmanager
+def preserved_rng():
+    """Training seeds Python's, NumPy's and torch's generators; put the caller's back after."""
+    import numpy as np
+
+    saved = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
+        try:
+            yield
+        finally:
+            random.setstate(saved[0])
+            np.random.set_state(saved[1])
 
 
 def load_splits(cfg: TrainConfig) -> tuple[Examples, Examples]:
@@ -123,17 +150,19 @@ def setup(cfg: TrainConfig, resume: bool, overwrite: bool) -> Setup:
     if not resume:
         runfolder.check_new(out, overwrite)
     accelerator = make_accelerator(cfg)
-    if accelerator.is_main_process and not resume:
-        runfolder.prepare_new(out, overwrite)
-    accelerator.wait_for_everyone()
     set_seed(cfg.seed)
-    if resume:  # the recorded base: found from any working directory
-        base = runfolder.resolve_base(out, runfolder.read_info(out))
+    if resume:  # the recorded base, found from any working directory, unless another is given
+        info = runfolder.read_info(out)
+        override = cfg.base_model if cfg.base_model != info.base.name else None
+        base = runfolder.resolve_base(out, info, override)
     else:
         base = resolve_base_model(cfg.base_model)
     tokenizer = runfolder.load_tokenizer(base, max_length=cfg.max_length)
     train_set, dev_set = load_splits(cfg)
     model = modeling.apply_method(modeling.load_base_classifier(base, tokenizer), cfg)
+    if accelerator.is_main_process and not resume:  # base and data found: now the folder
+        runfolder.prepare_new(out, overwrite)
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         source = cfg.data or "weibo_senti_100k"
         log.info(
@@ -145,7 +174,10 @@ def setup(cfg: TrainConfig, resume: bool, overwrite: bool) -> Setup:
             accelerator.mixed_precision,
             accelerator.num_processes,
         )
-    sampler, train_loader, dev_loader = build_loaders(cfg, tokenizer, train_set, dev_set)
+    check_process_split(cfg, accelerator.num_processes, len(train_set))
+    sampler, train_loader, dev_loader = build_loaders(
+        cfg, tokenizer, train_set, dev_set, accelerator
+    )
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     from transformers import get_linear_schedule_with_warmup
@@ -153,8 +185,11 @@ def setup(cfg: TrainConfig, resume: bool, overwrite: bool) -> Setup:
     total_steps = cfg.epochs * len(sampler)
     warmup = math.ceil(cfg.warmup_ratio * total_steps)
     scheduler = get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
-    prepared = accelerator.prepare(model, optimizer, train_loader, dev_loader, scheduler)
-    model, optimizer, train_loader, dev_loader, scheduler = prepared
+    # The training loader is ours (each process takes its share of every global batch);
+    # Accelerate prepares the rest.
+    model, optimizer, dev_loader, scheduler = accelerator.prepare(
+        model, optimizer, dev_loader, scheduler
+    )
     s = Setup(
         cfg, out, accelerator, model, tokenizer, optimizer, scheduler, sampler,
         train_loader, dev_loader, base,
@@ -163,11 +198,27 @@ def setup(cfg: TrainConfig, resume: bool, overwrite: bool) -> Setup:
     return s
 
 
-def build_loaders(cfg: TrainConfig, tokenizer, train_set: Examples, dev_set: Examples):
+def check_process_split(cfg: TrainConfig, processes: int, rows: int) -> None:
+    for name in ("batch_size", "eval_batch_size"):
+        if getattr(cfg, name) % processes:
+            raise UserError(
+                f"--{name.replace('_', '-')} {getattr(cfg, name)} cannot be split evenly "
+                f"between {processes} processes: choose a multiple of {processes}"
+            )
+    if rows < processes:
+        raise UserError(f"{rows} training rows are too few for {processes} processes")
+
+
+def build_loaders(cfg: TrainConfig, tokenizer, train_set: Examples, dev_set: Examples, acc):
     train_ids, _ = encode_cached(tokenizer, train_set.texts)
     dev_ids, _ = encode_cached(tokenizer, dev_set.texts)
     sampler = EpochBatchSampler(
-        [len(x) for x in train_ids], cfg.batch_size, cfg.seed, group_by_length=cfg.group_by_length
+        [len(x) for x in train_ids],
+        cfg.batch_size,
+        cfg.seed,
+        group_by_length=cfg.group_by_length,
+        num_processes=acc.num_processes,
+        process_index=acc.process_index,
     )
     collate = Collator(tokenizer.pad_token_id)
     train_loader = torch.utils.data.DataLoader(
@@ -221,12 +272,19 @@ def begin(s: Setup) -> Progress:
             trainable_params=trainable,
             all_params=total,
         )
-        runfolder.start_run(s.out, info, s.tokenizer, s.cfg.to_dict())
+        hyperparameters = s.cfg.to_dict()
+        for key in ("data", "dev_data"):  # absolute: --resume works from any directory
+            if hyperparameters[key]:
+                hyperparameters[key] = str(Path(hyperparameters[key]).resolve())
+        runfolder.start_run(s.out, info, s.tokenizer, hyperparameters)
     s.accelerator.wait_for_everyone()
     return Progress()
 
 
 def restore(s: Setup) -> Progress:
+    if s.main:  # a kill in the middle of a checkpoint swap is repaired by one process
+        runfolder.recover_checkpoint(s.out)
+    s.accelerator.wait_for_everyone()
     folder, saved = runfolder.open_checkpoint(s.out)
     try:
         s.accelerator.load_state(str(folder), strict=False)  # trainable weights only: checked
@@ -237,7 +295,7 @@ def restore(s: Setup) -> Progress:
     state = Progress(**saved)
     if s.main:
         log.info("resuming %s at epoch %d, step %d", s.out, state.epoch + 1, state.global_step)
-        runfolder.trim_metrics(s.out, state.global_step)
+        runfolder.trim_metrics(s.out, state.global_step, state.epoch)
     return state
 
 
@@ -278,14 +336,15 @@ def fit(s: Setup, state: Progress, on_step: Callable[[int], None] | None) -> Non
                     ),
                 }
                 model = s.accelerator.unwrap_model(s.model)
-                runfolder.save_best(s.out, model, s.cfg.method, s.cfg.base_model, results)
+                base_name = runfolder.portable_base_name(s.cfg.base_model)
+                runfolder.save_best(s.out, model, s.cfg.method, base_name, results)
         save_checkpoint(s, state)
 
 
 def train_epoch(s: Setup, state: Progress, epoch: int, on_step) -> None:
     from accelerate import skip_first_batches
 
-    cfg, acc = s.cfg, s.accelerator
+    cfg = s.cfg
     s.model.train()
     s.sampler.set_epoch(epoch)  # the order depends on (seed, epoch) only
     skip = state.step_in_epoch
@@ -296,21 +355,15 @@ def train_epoch(s: Setup, state: Progress, epoch: int, on_step) -> None:
         desc=f"epoch {epoch + 1}/{cfg.epochs}",
         disable=not s.main,
     )
-    window, t0 = [], time.perf_counter()
+    window, t0 = state.loss_window, time.perf_counter()
     for batch in loader:
-        loss = s.model(**batch).loss
-        acc.backward(loss)
-        if cfg.max_grad_norm:
-            acc.clip_grad_norm_(s.model.parameters(), cfg.max_grad_norm)
-        s.optimizer.step()
-        s.scheduler.step()
-        s.optimizer.zero_grad(set_to_none=True)
+        loss, posts = train_step(s, batch)
         state.global_step += 1
         state.step_in_epoch += 1
-        state.samples_seen += len(batch["labels"]) * acc.num_processes
-        window.append(acc.reduce(loss.detach(), "mean").item())
+        state.samples_seen += posts
+        window.append(loss)
         bar.update(1)
-        bar.set_postfix(loss=f"{window[-1]:.4f}")
+        bar.set_postfix(loss=f"{loss:.4f}")
         if s.main and state.global_step % cfg.logging_steps == 0:
             runfolder.append_metrics(
                 s.out,
@@ -322,7 +375,7 @@ def train_epoch(s: Setup, state: Progress, epoch: int, on_step) -> None:
                     "lr": s.scheduler.get_last_lr()[0],
                 },
             )
-            window = []
+            window.clear()
         if cfg.save_steps and state.global_step % cfg.save_steps == 0:
             state.train_seconds += time.perf_counter() - t0
             t0 = time.perf_counter()
@@ -331,6 +384,24 @@ def train_epoch(s: Setup, state: Progress, epoch: int, on_step) -> None:
             on_step(state.global_step)
     bar.close()
     state.train_seconds += time.perf_counter() - t0
+
+
+def train_step(s: Setup, batch: dict) -> tuple[float, int]:
+    """One optimizer step on this process's share of a global batch; (mean loss, posts)."""
+    acc = s.accelerator
+    batch = {k: v.to(acc.device) for k, v in batch.items()}
+    local = torch.tensor(len(batch["labels"]), device=acc.device)
+    total = acc.reduce(local, "sum")
+    # Processes' gradients are averaged: weigh each share by its size, so the step is the
+    # global batch's mean loss even when the shares differ (1.0 exactly in one process).
+    loss = s.model(**batch).loss * (local * acc.num_processes / total)
+    acc.backward(loss)
+    if s.cfg.max_grad_norm:
+        acc.clip_grad_norm_(s.model.parameters(), s.cfg.max_grad_norm)
+    s.optimizer.step()
+    s.scheduler.step()
+    s.optimizer.zero_grad(set_to_none=True)
+    return acc.reduce(loss.detach(), "mean").item(), int(total)
 
 
 def validate(model, loader, accelerator) -> dict:
