@@ -149,8 +149,6 @@ def setup(cfg: TrainConfig, resume: bool, overwrite: bool) -> Setup:
     out = Path(cfg.out)
     if not resume:
         runfolder.check_new(out, overwrite)
-    accelerator = make_accelerator(cfg)
-    set_seed(cfg.seed)
     if resume:  # the recorded base, found from any working directory, unless another is given
         info = runfolder.read_info(out)
         override = cfg.base_model if cfg.base_model != info.base.name else None
@@ -159,6 +157,8 @@ def setup(cfg: TrainConfig, resume: bool, overwrite: bool) -> Setup:
         base = resolve_base_model(cfg.base_model)
     tokenizer = runfolder.load_tokenizer(base, max_length=cfg.max_length)
     train_set, dev_set = load_splits(cfg)
+    accelerator = make_accelerator(cfg)  # what the user must fix is said before this
+    set_seed(cfg.seed)
     model = modeling.apply_method(modeling.load_base_classifier(base, tokenizer), cfg)
     if accelerator.is_main_process and not resume:  # base and data found: now the folder
         runfolder.prepare_new(out, overwrite)
