@@ -1,11 +1,12 @@
 """Fine-tuning on Accelerate: ``setup`` → ``fit`` (epochs of steps, ``validate`` each) → ``finish``.
 
-The same code runs in one process or under ``accelerate launch``/``torchrun``: each global batch
-of ``batch_size`` posts is split across the processes (Accelerate's ``split_batches``), so the
-steps, schedule and results do not depend on how many processes there are. Checkpoints are
+The same code runs in one process or under ``torchrun``/``accelerate launch``: each global
+batch of ``batch_size`` posts is shared out between the processes (``EpochBatchSampler``), so
+the steps, schedule and results do not depend on how many processes there are. Checkpoints are
 Accelerate's ``save_state`` (trainable weights only, optimizer, scheduler, every process's RNG)
-plus our progress file; a resumed epoch skips the batches already trained on with Accelerate's
-``skip_first_batches``. Resume is bit-exact.
+plus our progress file, in JSON rather than ``register_for_checkpointing``, which Accelerate
+loads with ``weights_only=False`` (a pickle in a folder could run code). A resumed epoch skips
+the batches already trained on with Accelerate's ``skip_first_batches``. Resume is bit-exact.
 """
 
 from __future__ import annotations
@@ -134,6 +135,7 @@ def make_accelerator(cfg: TrainConfig):
             # cpu=True makes Accelerate run several CPU processes (torchrun) as one job (gloo)
             cpu=device.type == "cpu" and not torch.backends.mps.is_available(),
             mixed_precision=precision,
+            # The scheduler steps once per global batch; the dev batches are split too.
             dataloader_config=DataLoaderConfiguration(split_batches=True),
         )
     except ValueError:  # Accelerate holds one precision per process
