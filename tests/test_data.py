@@ -135,3 +135,4 @@ def test_read_texts_keeps_every_row_in_order(tmp_path, caplog):
 def test_strip_emoticons():
     assert strip_emoticons("好开心[哈哈][鼓掌] [a]b") == "好开心 b"
     assert strip_emoticons("[这不是一个表情而是很长的方括号]") == "[这不是一个表情而是很长的方括号]"
+    assert strip_emoticons("好开心😀👍🏻🇨🇳今天❤️") == "好开心今天"  # Unicode emoji too

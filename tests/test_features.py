@@ -99,3 +99,22 @@ def test_encode_equals_the_stock_tokenizer_call_even_past_the_pre_cut(tok):
     ids, cut = encode(tok, texts)
     assert ids == tok(texts, truncation=True)["input_ids"]
     assert cut == [False, True, True, True]
+
+
+def test_emoticon_dropout_is_seeded_changes_per_epoch_and_serves_both_versions():
+    from weibo_senti.features import EncodedDataset
+
+    ids = [[1, i, 2] for i in range(1000)]
+    stripped = [[1, 2] for _ in range(1000)]
+
+    def served(epoch, seed=7, dropout=0.3):
+        data = EncodedDataset(ids, [0] * 1000, stripped, dropout, seed)
+        data.set_epoch(epoch)
+        return [data[i][0] == stripped[i] for i in range(1000)]
+
+    first = served(0)
+    assert first == served(0)  # seeded
+    assert first != served(1) and first != served(0, seed=8)  # afresh each epoch
+    assert 250 < sum(first) < 350  # about the share asked for
+    assert sum(served(0, dropout=0.0)) == 0 and sum(served(0, dropout=1.0)) == 1000
+    assert sum(EncodedDataset(ids, [0] * 1000)[i][0] == ids[i] for i in range(1000)) == 1000

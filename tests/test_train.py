@@ -232,3 +232,38 @@ def test_pickled_bin_base_is_loaded_only_with_weights_only(tiny_base, tmp_path):
     with pytest.raises(UserError, match="cannot load base model weights"):
         modeling.load_base_classifier(base, tok)
     assert not pwned.exists()
+
+
+def test_emoticon_dropout_trains_on_stripped_posts_and_is_recorded(
+    tiny_base, tmp_path, monkeypatch
+):
+    import csv
+
+    import yaml
+
+    from weibo_senti import features
+
+    rows = [[i % 2, ("好棒" if i % 2 else "差坏") + "[哈哈]" * (i % 3)] for i in range(64)]
+    rows.append([1, "[哈哈][哈哈]"])  # emoticons only: never emptied
+    data = tmp_path / "emo.csv"
+    with data.open("w", encoding="utf-8", newline="") as f:
+        csv.writer(f).writerows([["label", "review"], *rows])
+    seen = []
+    real = features.Collator.__call__
+    monkeypatch.setattr(
+        features.Collator, "__call__", lambda self, items: seen.extend(items) or real(self, items)
+    )
+    cfg = train_config(
+        "lora", tiny_base, data, data, tmp_path / "r", epochs=2, emoticon_dropout=1.0
+    )
+    train(cfg)
+    from weibo_senti.runfolder import load_tokenizer
+
+    tok = load_tokenizer(tiny_base, max_length=40)
+    bracket = tok.convert_tokens_to_ids("[")
+    lengths = sorted(len(ids) for ids, _ in seen[:65])
+    assert min(lengths) > 2  # no post was emptied to [CLS] [SEP]
+    trained_on = [ids for ids, _ in seen[:65]]
+    assert sum(bracket in ids for ids in trained_on) == 1  # only the emoticons-only post
+    saved = yaml.safe_load((tmp_path / "r" / "hyperparameters.yaml").read_text())
+    assert saved["emoticon_dropout"] == 1.0

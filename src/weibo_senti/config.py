@@ -57,6 +57,9 @@ class TrainConfig:
         lambda: ["c_attn", "c_proj"], "Modules LoRA adapts (repeat the flag per module)"
     )
     adapter_size: int = option(64, "Bottleneck adapter width")
+    emoticon_dropout: float = option(
+        0.0, "Share of training posts seen without their emoticons, drawn afresh each epoch"
+    )
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -69,6 +72,8 @@ class TrainConfig:
             self.lr = DEFAULT_LR[self.method]
         if self.out is None:
             self.out = f"runs/{self.method}"
+        if not 0.0 <= self.emoticon_dropout <= 1.0:
+            raise UserError("--emoticon-dropout must be between 0 and 1")
         for name in ("epochs", "batch_size", "eval_batch_size", "max_length", "adapter_size"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be at least 1")

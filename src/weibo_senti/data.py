@@ -22,8 +22,11 @@ MAX_BAD_LABEL_SHARE = 0.1
 
 
 def strip_emoticons(text: str) -> str:
-    """Remove Weibo emoticon tokens such as [哈哈]: weibo_senti_100k's labels come from them."""
-    return EMOTICON.sub("", text)
+    """Remove Weibo emoticon codes such as [哈哈] and Unicode emoji (``emoji``'s list):
+    weibo_senti_100k's labels were derived from them."""
+    import emoji
+
+    return emoji.replace_emoji(EMOTICON.sub("", text), replace="")
 
 
 @dataclass

@@ -86,14 +86,33 @@ def pad_batch(ids: list[list[int]], pad_id: int, labels: list[int] | None = None
 
 
 class EncodedDataset(torch.utils.data.Dataset):
-    def __init__(self, ids: list[list[int]], labels: list[int]):
+    """Encoded posts and labels; with ``stripped`` (each post without its emoticons), a share
+    ``dropout`` of the posts is served stripped, drawn afresh each epoch from (seed, epoch)."""
+
+    def __init__(
+        self,
+        ids: list[list[int]],
+        labels: list[int],
+        stripped: list[list[int]] | None = None,
+        dropout: float = 0.0,
+        seed: int = 0,
+    ):
         self.ids, self.labels = ids, labels
+        self.stripped, self.dropout, self.seed = stripped, dropout, seed
+        self.use_stripped = [False] * len(ids)
+
+    def set_epoch(self, epoch: int) -> None:
+        if self.stripped is None or not self.dropout:
+            return
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        self.use_stripped = (torch.rand(len(self.ids), generator=g) < self.dropout).tolist()
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def __getitem__(self, i):
-        return self.ids[i], self.labels[i]
+        ids = self.stripped[i] if self.use_stripped[i] else self.ids[i]
+        return ids, self.labels[i]
 
 
 class Collator:

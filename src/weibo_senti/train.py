@@ -24,7 +24,7 @@ import torch
 
 from . import inference, modeling, runfolder
 from .config import TrainConfig
-from .data import Examples, read_labelled, split_dev
+from .data import Examples, read_labelled, split_dev, strip_emoticons
 from .errors import UserError
 from .features import Collator, EncodedDataset, EpochBatchSampler, encode_cached
 from .hub import default_data, resolve_base_model
@@ -214,6 +214,10 @@ def check_process_split(cfg: TrainConfig, processes: int, rows: int) -> None:
 def build_loaders(cfg: TrainConfig, tokenizer, train_set: Examples, dev_set: Examples, acc):
     train_ids, _ = encode_cached(tokenizer, train_set.texts)
     dev_ids, _ = encode_cached(tokenizer, dev_set.texts)
+    stripped = None
+    if cfg.emoticon_dropout:  # a post of emoticons only is never emptied: it stays as it is
+        texts = [strip_emoticons(t).strip() or t for t in train_set.texts]
+        stripped, _ = encode_cached(tokenizer, texts)
     sampler = EpochBatchSampler(
         [len(x) for x in train_ids],
         cfg.batch_size,
@@ -224,7 +228,7 @@ def build_loaders(cfg: TrainConfig, tokenizer, train_set: Examples, dev_set: Exa
     )
     collate = Collator(tokenizer.pad_token_id)
     train_loader = torch.utils.data.DataLoader(
-        EncodedDataset(train_ids, train_set.labels),
+        EncodedDataset(train_ids, train_set.labels, stripped, cfg.emoticon_dropout, cfg.seed),
         batch_sampler=sampler,
         collate_fn=collate,
         generator=torch.Generator(),  # else each new iterator draws from the global RNG
@@ -348,7 +352,8 @@ def train_epoch(s: Setup, state: Progress, epoch: int, on_step) -> None:
 
     cfg = s.cfg
     s.model.train()
-    s.sampler.set_epoch(epoch)  # the order depends on (seed, epoch) only
+    s.sampler.set_epoch(epoch)  # the order, and which posts lose their emoticons,
+    s.train_loader.dataset.set_epoch(epoch)  # depend on (seed, epoch) only
     skip = state.step_in_epoch
     loader = skip_first_batches(s.train_loader, skip) if skip else s.train_loader
     bar = progress(
