@@ -181,21 +181,28 @@ def evaluate(
     label_column: Annotated[str, Opt(help="Label column, 0/1 (default: label)")] = "label",
     encoding: Encoding = None,
     strip_emoticons: Annotated[
-        bool, Opt(help="Remove emoticons such as 哈哈 in brackets before predicting")
+        bool, Opt(help="Remove emoticons ([哈哈] codes and emoji) before predicting")
     ] = False,
     batch_size: BatchSize = 16,
     precision: InferPrecision = "auto",
+    reliability: Annotated[
+        Path | None, Opt(help="Write a reliability diagram PNG here (extra: compare)")
+    ] = None,
     as_json: Annotated[
         bool, Opt("--json", help="Print one JSON object instead of a table")
     ] = False,
 ):
-    """Accuracy, macro-F1, per-class precision/recall/F1, confusion matrix and loss on a file."""
+    """Accuracy, macro-F1, per-class scores, confusion matrix, loss and calibration on a file."""
     from .evaluate import evaluate as run_eval
     from .metrics import render_table
     from .predict import SentimentClassifier
 
+    if reliability is not None:
+        need_extra("matplotlib", "compare", "evaluate --reliability")
     clf = SentimentClassifier.load(run, base_model=base_model, precision=precision)
-    m = run_eval(clf, data, text_column, label_column, encoding, strip_emoticons, batch_size)
+    m = run_eval(
+        clf, data, text_column, label_column, encoding, strip_emoticons, batch_size, reliability
+    )
     if as_json:
         typer.echo(json.dumps(m, ensure_ascii=False))
     else:

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .calibrate import softmax
 from .data import read_labelled, strip_emoticons
-from .metrics import classification_metrics
+from .metrics import calibration_metrics, classification_metrics
 from .predict import SentimentClassifier
 
 
@@ -19,11 +20,26 @@ def evaluate(
     encoding: str | None = None,
     strip: bool = False,
     batch_size: int = 16,
+    reliability: Path | None = None,
 ) -> dict:
-    """Metrics of ``clf`` on ``data``; with ``strip`` the [表情] emoticons are removed first."""
+    """Metrics of ``clf`` on ``data``, calibration before and after the run's temperature;
+    with ``strip`` the emoticons are removed first; ``reliability``: a PNG diagram there."""
     examples = read_labelled(data, text_column, label_column, encoding)
     texts = [strip_emoticons(t) for t in examples.texts] if strip else examples.texts
-    probs = clf.predict_proba(texts, batch_size)
-    metrics = classification_metrics(np.asarray(examples.labels), probs)
+    logits, _ = clf.predict_logits(texts, batch_size)
+    labels = np.asarray(examples.labels)
+    probs = softmax(logits)
+    metrics = classification_metrics(labels, probs)
+    temperature = clf.info.temperature  # already in the head: logits * T are the raw ones
+    metrics["calibration"] = {
+        "temperature": temperature,
+        "before": calibration_metrics(labels, softmax(logits * temperature)),
+        "after": calibration_metrics(labels, probs),
+    }
     metrics.update({"data": str(data), "run": str(clf.run), "strip_emoticons": strip})
+    if reliability is not None:
+        from .report import plot_reliability
+
+        before = softmax(logits * temperature)
+        metrics["reliability_png"] = str(plot_reliability(labels, before, probs, reliability))
     return metrics

@@ -17,8 +17,10 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
     tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
     # Created exclusively with 0o666 so the umask gives it normal permissions (mkstemp: 0600).
     os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+    mode = tmp.stat().st_mode & 0o777
     try:
         write(Path(tmp))
+        os.chmod(tmp, mode)  # a writer that replaced the file (safetensors) left it 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

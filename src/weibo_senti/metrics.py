@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import (
     accuracy_score,
+    brier_score_loss,
     confusion_matrix,
     f1_score,
     log_loss,
@@ -40,6 +41,27 @@ def classification_metrics(labels, probs) -> dict:
     }
 
 
+def calibration_metrics(labels, probs, bins: int = 15) -> dict:
+    """Expected calibration error (equal-width bins of the predicted label's probability),
+    Brier score of P(positive), and log loss."""
+    labels = np.asarray(labels)
+    probs = np.asarray(probs, dtype=np.float64)
+    probs = probs / probs.sum(-1, keepdims=True)
+    confidence, predicted = probs.max(-1), probs.argmax(-1)
+    which = np.minimum((confidence * bins).astype(int), bins - 1)
+    ece = sum(
+        abs((predicted[which == b] == labels[which == b]).mean() - confidence[which == b].mean())
+        * (which == b).mean()
+        for b in range(bins)
+        if (which == b).any()
+    )
+    return {
+        "ece": float(ece),
+        "brier": float(brier_score_loss(labels, probs[:, 1], pos_label=1)),
+        "log_loss": float(log_loss(labels, probs, labels=[0, 1])),
+    }
+
+
 def render_table(metrics: dict, title: str = "") -> str:
     """A plain-text table of the metrics, for terminals and logs."""
     lines = [title] if title else []
@@ -52,6 +74,14 @@ def render_table(metrics: dict, title: str = "") -> str:
         lines.append(
             f"{name:<10}{m['precision']:>10.4f}{m['recall']:>10.4f}{m['f1']:>10.4f}"
             f"{m['support']:>10}"
+        )
+    if "calibration" in metrics:
+        c = metrics["calibration"]
+        lines.append(
+            f"calibration (temperature {c['temperature']:.3f}): ECE {c['before']['ece']:.4f} -> "
+            f"{c['after']['ece']:.4f}   Brier {c['before']['brier']:.4f} -> "
+            f"{c['after']['brier']:.4f}   log loss {c['before']['log_loss']:.4f} -> "
+            f"{c['after']['log_loss']:.4f}"
         )
     cm = metrics["confusion_matrix"]
     lines.append("confusion (rows true, columns predicted):")

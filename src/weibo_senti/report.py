@@ -50,6 +50,23 @@ def plot_run(run: Path, out: Path | None = None) -> Path:
     return out
 
 
+def plot_reliability(labels, before, after, out: Path) -> Path:
+    """Reliability diagram (scikit-learn's CalibrationDisplay), before and after temperature."""
+    from sklearn.calibration import CalibrationDisplay
+
+    from .metrics import calibration_metrics
+
+    fig, ax = figure(figsize=(5.5, 5))
+    for name, probs in (("before", before), ("after", after)):
+        ece = calibration_metrics(labels, probs)["ece"]
+        CalibrationDisplay.from_predictions(
+            labels, probs[:, 1], n_bins=15, ax=ax, name=f"{name} temperature (ECE {ece:.3f})"
+        )
+    ax.set(title="reliability: P(positive) against the share of positives")
+    save_figure(fig, out)
+    return out
+
+
 def plot_comparison(results: dict, runs: dict[str, Path], out: Path) -> list[Path]:
     """Curves of every method on one figure, confusion matrices, accuracy vs artifact size."""
     paths = []

@@ -21,6 +21,7 @@ from .data import LABELS, LABELS_ZH
 from .errors import UserError
 from .files import (
     append_jsonl,
+    atomic_write,
     move_files_into,
     normal_dir_mode,
     replace_dir,
@@ -78,6 +79,7 @@ class RunInfo:
     trainable_params: int | None = None
     all_params: int | None = None
     origin: dict = field(default_factory=dict)  # merged_from, combined_from, ... if any
+    temperature: float = 1.0  # fitted on dev after training; already folded into the head
     weibo_senti_version: str = __version__
 
     def to_dict(self) -> dict:
@@ -274,6 +276,32 @@ def save_lora_state(folder: Path, state: dict, peft_config, base_name: str) -> N
     save_file(state, str(folder / ADAPTER_WEIGHTS))
     peft_config.base_model_name_or_path = base_name
     peft_config.save_pretrained(str(folder))
+
+
+# Where each method's weights file keeps the ``score`` head (GPT-2's has no bias).
+HEAD_KEYS = {
+    "lora": "base_model.model.score.weight",
+    "adapter": "score.weight",
+    "full": "score.weight",
+}
+
+
+def fold_temperature(run: Path, temperature: float, report: dict) -> None:
+    """Divide the head by ``temperature`` (so every logit is), then record both."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    info = read_info(run)
+    path = run / WEIGHT_FILES[info.method][1]
+    tensors = load_safetensors(path)
+    with safe_open(str(path), "pt") as f:
+        metadata = f.metadata()
+    key = HEAD_KEYS[info.method]
+    tensors[key] = (tensors[key].double() / temperature).to(tensors[key].dtype)
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    write_json(run / EVAL_RESULTS, {**read_eval_results(run), "calibration": report})
+    info.temperature *= temperature  # what the head has been divided by, in all
+    write_info(run, info)
 
 
 def check_weights(run: Path, method: str) -> None:

@@ -61,6 +61,7 @@ class Setup:
     train_loader: object
     dev_loader: object
     base: Path
+    dev_set: Examples
 
     @property
     def main(self) -> bool:
@@ -194,7 +195,7 @@ def setup(cfg: TrainConfig, resume: bool, overwrite: bool) -> Setup:
     )
     s = Setup(
         cfg, out, accelerator, model, tokenizer, optimizer, scheduler, sampler,
-        train_loader, dev_loader, base,
+        train_loader, dev_loader, base, dev_set,
     )  # fmt: skip
     register_checkpoint_hooks(s)
     return s
@@ -452,6 +453,9 @@ def finish(s: Setup):
 
     s.accelerator.wait_for_everyone()
     if s.main:
+        from .calibrate import calibrate
+
+        calibrate(s.out, s.dev_set, str(s.base))
         runfolder.finish(s.out)
     s.accelerator.wait_for_everyone()
     s.accelerator.free_memory()  # the next train() in this process starts clean
