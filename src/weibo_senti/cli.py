@@ -108,7 +108,7 @@ def train(
     from .train import train as run_training
 
     if resume:  # the folder named by --out, whatever `out` its hyperparameters recorded
-        from .runfolder import read_hyperparameters
+        from .runfolder import hyperparameters_file
 
         folder = Path(options["out"] or f"runs/{options['method'] or 'lora'}")
         given = [k for k, v in options.items() if v is not None and k not in RESUME_FLAGS]
@@ -122,7 +122,7 @@ def train(
 
         if is_complete(folder):
             typer.echo(f"{folder} has finished training; nothing to resume", err=True)
-        saved = read_hyperparameters(folder)
+        saved = hyperparameters_file(folder)
         moved = {k: options[k] for k in ("base_model", "data", "dev_data")}  # now elsewhere
         cfg = TrainConfig.from_sources(saved, out=str(folder), **moved)
     else:

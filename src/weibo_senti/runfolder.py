@@ -382,8 +382,8 @@ def start_run(out: Path, info: RunInfo, tokenizer, hyperparameters: dict) -> Non
     write_info(out, info)
 
 
-def read_hyperparameters(run: Path) -> Path:
-    """The path of a run's hyperparameters (a TrainConfig YAML file)."""
+def hyperparameters_file(run: Path) -> Path:
+    """The run's hyperparameters.yaml (a TrainConfig YAML file), which must exist."""
     path = run / HYPERPARAMETERS
     if not path.is_file():
         raise UserError(f"{run} has no {HYPERPARAMETERS} to resume")
