@@ -168,3 +168,34 @@ def test_curl_style_form_encoded_json_is_accepted(client):
         headers={"content-type": "application/x-www-form-urlencoded"},
     )
     assert r.status_code == 200 and r.json()["predictions"][0]["label"] == "positive"
+
+
+def test_explain_answers_what_explain_gives_in_process(client, clf):
+    pytest.importorskip("captum", reason="explain needs the [explain] extra (captum)")
+    from weibo_senti.explain import explain
+
+    for adapter in ("weibo", "bottleneck"):
+        r = client.post("/v1/explain", json={"text": POS, "adapter": adapter})
+        assert r.status_code == 200, r.text
+        body, want = r.json(), explain(clf, POS, adapter=adapter)
+        assert body["adapter"] == adapter and body["label"] == want.label
+        assert [c for c, _ in body["chars"]] == list(POS)
+        assert [v for _, v in body["chars"]] == pytest.approx([v for _, v in want.chars], abs=1e-4)
+        assert body["completeness_gap"] <= 0.05
+
+
+@pytest.mark.parametrize(
+    "payload, status, message",
+    [
+        ({"text": "好", "adapter": "nope"}, 404, "unknown adapter"),
+        ({"text": ""}, 422, "invalid request"),
+        ({"text": "   "}, 400, "empty"),
+        ({"text": "好", "steps": 0}, 422, "invalid request"),
+        ({"texts": ["好"]}, 422, "invalid request"),
+    ],
+)
+def test_bad_explain_requests_get_clear_json(client, payload, status, message):
+    pytest.importorskip("captum", reason="explain needs the [explain] extra (captum)")
+    r = client.post("/v1/explain", json=payload)
+    assert r.status_code == status and message in r.json()["error"]
+    assert client.post("/v1/predict", json={"texts": [POS]}).status_code == 200

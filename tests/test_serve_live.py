@@ -280,6 +280,22 @@ def test_web_page_in_a_real_browser(server, local_classifier, tmp_path):
             assert widths == pytest.approx([100 * w.score for w in want], abs=0.1)
         assert "3 条" in page.inner_text("#status")
 
+        # 为什么? colours each character by its attribution, as /v1/explain and explain() give
+        from weibo_senti.explain import explain
+
+        page.query_selector_all("#results .result .why")[0].click()
+        page.wait_for_selector("#results .result .explained span")
+        shown = page.eval_on_selector_all(
+            "#results .result:first-child .explained span",
+            "ss => ss.map(s => [s.textContent, Number(s.dataset.score), s.style.backgroundColor])",
+        )
+        want = explain(local_classifier, posts[0], adapter="weibo")
+        assert [c for c, _, _ in shown] == [c for c, _ in want.chars]
+        assert [v for _, v, _ in shown] == pytest.approx([v for _, v in want.chars], abs=1e-3)
+        for _, v, colour in shown:  # green toward positive, red toward negative
+            assert colour.startswith("rgba(46, 157, 91" if v > 0 else "rgba(217, 83, 79")
+        assert "completeness gap" in page.inner_text("#results .result:first-child .note")
+
         shot = tmp_path / "page.png"
         page.screenshot(path=str(shot), full_page=True)
         assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

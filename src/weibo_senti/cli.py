@@ -262,6 +262,45 @@ def predict(
 
 
 @app.command()
+def explain(
+    run: Annotated[Path | None, typer.Argument(help="Run folder (or use --adapter)")] = None,
+    text: Annotated[list[str] | None, Opt(help="Post to explain (repeatable)")] = None,
+    adapter: Annotated[
+        list[str] | None, Opt(help="NAME=RUN_FOLDER, repeatable: several adapters on one base")
+    ] = None,
+    use: Annotated[str | None, Opt(help="Adapter that answers (default: the first)")] = None,
+    steps: Annotated[
+        int, Opt(help="Integration steps to start with (doubled until complete)")
+    ] = 64,
+    base_model: RunBase = None,
+    as_json: Annotated[bool, Opt("--json", help="Print JSON lines instead of colours")] = False,
+):
+    """Why a post got its label: per-character integrated gradients (green pushed toward
+    positive, red toward negative), with the completeness check."""
+    need_extra("captum", "explain", "explain")
+    from .explain import explain as explain_post
+    from .explain import render_console, summary_lines
+    from .predict import load_classifier
+
+    if not text:
+        raise UserError("give the post to explain with --text")
+    clf = load_classifier(run, adapter, base_model, "fp32")
+    if use:
+        clf.use(use)
+    from rich.console import Console
+
+    out = Console(highlight=False)
+    for post in text:
+        ex = explain_post(clf, post, steps=steps)
+        if as_json:
+            typer.echo(json.dumps(ex.to_dict(), ensure_ascii=False))
+            continue
+        out.print(render_console(ex))
+        for line in summary_lines(ex):
+            out.print(line, markup=False)
+
+
+@app.command()
 def merge(
     run: Annotated[Path, typer.Argument(help="A lora run (or an adapter run with --export)")],
     out: Annotated[Path, Opt(help="Output folder")],

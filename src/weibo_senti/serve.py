@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from importlib import resources
@@ -21,6 +22,12 @@ MAX_BODY = 1 << 20
 class PredictRequest(BaseModel):
     texts: list[str] = Field(min_length=1, max_length=MAX_TEXTS, description="1 to 256 posts")
     adapter: str | None = Field(None, description="adapter name (default: the active one)")
+
+
+class ExplainRequest(BaseModel):
+    text: str = Field(min_length=1, description="one post")
+    adapter: str | None = Field(None, description="adapter name (default: the active one)")
+    steps: int = Field(64, ge=1, le=1024, description="integration steps to start with")
 
 
 @dataclass
@@ -50,6 +57,21 @@ class Batcher:
         self.enabled = enabled
         self.queue: asyncio.Queue[Job] = asyncio.Queue(maxsize=queue_size)
         self.worker: asyncio.Task | None = None
+        # The classifier switches adapters in place: one thread at a time may use it.
+        self.model_lock = threading.Lock()
+        self.explaining = asyncio.Semaphore(1)  # explanations are costly: one at a time
+
+    async def explain(self, text: str, adapter: str | None, steps: int):
+        from .explain import explain
+
+        if self.explaining.locked():
+            raise QueueFull
+        async with self.explaining:
+            return await asyncio.to_thread(self._locked, explain, self.clf, text, adapter, steps)
+
+    def _locked(self, fn, *args):
+        with self.model_lock:
+            return fn(*args)
 
     def start(self) -> None:
         self.worker = asyncio.create_task(self._run())
@@ -83,7 +105,7 @@ class Batcher:
                             break
                         await asyncio.sleep(min(0.001, left))
             try:
-                results = await asyncio.to_thread(self._predict, jobs)
+                results = await asyncio.to_thread(self._locked, self._predict, jobs)
                 for job, res in zip(jobs, results):
                     if not job.future.done():  # a client may have gone away
                         job.future.set_result(res)
@@ -183,7 +205,7 @@ def error(status: int, message: str, **extra):
 
 async def json_body_and_log(request, call_next):
     t0 = time.perf_counter()
-    if request.url.path == "/v1/predict":
+    if request.url.path in ("/v1/predict", "/v1/explain"):
         # `curl -d '{...}'` sends form encoding: the body is JSON whatever the header says.
         headers = [(k, v) for k, v in request.scope["headers"] if k != b"content-type"]
         request.scope["headers"] = headers + [(b"content-type", b"application/json")]
@@ -255,6 +277,29 @@ def add_routes(app, clf, state: dict) -> None:
             "predictions": [p.to_dict() for p in preds],
             "adapter": body.adapter or clf.active_adapter,
         }
+
+    @app.post("/v1/explain")
+    async def explain(body: ExplainRequest):
+        """Per-character integrated-gradients attributions (see `weibo-senti explain`)."""
+        import importlib.util
+
+        if importlib.util.find_spec("captum") is None:
+            return error(501, "explanations need captum: pip install 'weibo-senti[explain]'")
+        if body.adapter is not None and body.adapter not in clf.adapters:
+            return error(404, f"unknown adapter '{body.adapter}'", adapters=clf.adapters)
+        if not state["ready"]:
+            return error(503, "loading")
+        try:
+            ex = await state["batcher"].explain(body.text, body.adapter, body.steps)
+        except QueueFull:
+            return JSONResponse(
+                {"error": "busy explaining, retry shortly"},
+                status_code=503,
+                headers={"Retry-After": "1"},
+            )
+        except UserError as e:
+            return error(400, str(e))
+        return ex.to_dict()
 
     @app.get("/", response_class=HTMLResponse)
     async def page():
