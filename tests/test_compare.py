@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from test_cli import cli
 
 
 def test_compare_writes_table_json_and_plots(tiny_base, task_files, tmp_path):
     out = tmp_path / "cmp"
+    human = tmp_path / "human"  # the layout of ../shared/data, with the tiny task's dev rows
+    for rel in ("weibo2018/train.csv", "smp2020_usual/eval.csv"):
+        (human / rel).parent.mkdir(parents=True)
+        (human / rel).write_bytes(task_files[1].read_bytes())
     code, _, err = cli(
         "compare",
         "--base-model",
@@ -19,6 +24,8 @@ def test_compare_writes_table_json_and_plots(tiny_base, task_files, tmp_path):
         task_files[1],
         "--extra-test",
         f"again={task_files[1]}",
+        "--human-data",
+        human,
         "--out",
         out,
         "--epochs",
@@ -46,8 +53,20 @@ def test_compare_writes_table_json_and_plots(tiny_base, task_files, tmp_path):
             "dev_macro_f1",
             "dev_stripped_accuracy",
             "again_accuracy",
+            "weibo2018_accuracy",
+            "smp2020_accuracy",
+            "human_mean_accuracy",
+            "dev_ece",
+            "dev_brier",
+            "dev_log_loss",
+            "weibo2018_ece",
         ):
             assert r[key]["mean"] > 0, (method, key)
+        assert "nlpcc_accuracy" not in r  # not in the folder: not invented
+        mean = (r["weibo2018_accuracy"]["mean"] + r["smp2020_accuracy"]["mean"]) / 2
+        assert r["human_mean_accuracy"]["mean"] == pytest.approx(mean)
+        if method != "tfidf":  # calibration before the temperature is recovered exactly
+            assert "dev_ece_before" in r
         assert len(report["per_seed"][method]) == 2
     assert report["meta"]["seeds"] == [42, 43] and report["meta"]["sampled_train_rows"] == 200
     # the classical baseline sees the sentiment characters directly: it must solve the task
@@ -55,7 +74,9 @@ def test_compare_writes_table_json_and_plots(tiny_base, task_files, tmp_path):
     assert results["lora"]["trainable_params"]["mean"] < results["full"]["trainable_params"]["mean"]
     md = (out / "comparison.md").read_text()
     assert "| lora |" in md and "±" in md and "again acc" in md and "weibo-senti compare" in md
-    for png in ("curves.png", "confusion.png", "accuracy_vs_size.png"):
+    assert "mean of the human-labelled sets" in md and "dev ECE (before → after T)" in md
+    assert "weibo2018 ECE" in md and "No human-labelled set" not in md
+    for png in ("curves.png", "confusion.png", "accuracy_vs_size.png", "accuracy_by_set.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
 
 
@@ -65,3 +86,43 @@ def test_report_plots_a_run(trained_runs, tmp_path):
     assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
     code, _, err = cli("report", tmp_path)
     assert code == 2 and "metrics.jsonl" in err
+
+
+def test_compare_refuses_a_human_data_folder_without_the_sets(tmp_path):
+    code, _, err = cli(
+        "compare", "--data", tmp_path / "x.csv", "--out", tmp_path / "o", "--human-data", tmp_path
+    )
+    assert code == 2 and "no human-labelled set under" in err and "weibo2018/train.csv" in err
+
+
+def test_report_without_human_sets_says_so_loudly():
+    from weibo_senti.compare import render
+
+    cell = {"mean": 0.5, "std": 0.0}
+    row = {k: cell for k in ("dev_accuracy", "dev_stripped_accuracy", "dev_ece", "dev_brier")}
+    row.update(
+        {
+            "dev_log_loss": cell,
+            "trainable_params": cell,
+            "trainable_share": cell,
+            "artifact_mb": cell,
+            "train_wall_s": cell,
+            "train_samples_per_s": cell,
+            "infer_samples_per_s": cell,
+            "latency_ms": cell,
+            "peak_rss_mb": cell,
+        }
+    )
+    meta = {
+        "command": "",
+        "base_model": "b",
+        "data": "d",
+        "dev_data": None,
+        "human_sets": {},
+        "extra_tests": {},
+        "sampled_train_rows": None,
+        "seeds": [42],
+        "repeats": 1,
+    }
+    md = render({"tfidf": row}, meta, [])
+    assert "No human-labelled set was found" in md and "mean of the human" not in md

@@ -350,6 +350,13 @@ def compare(
     extra_test: Annotated[
         list[str] | None, Opt(help="NAME=FILE, repeatable: more labelled test sets")
     ] = None,
+    human_data: Annotated[
+        Path | None,
+        Opt(
+            help="Folder with the human-labelled sets (weibo2018/, smp2020_usual/, "
+            "nlpcc_emotion/); default $WEIBO_SENTI_HUMAN_DATA, else shared/data or ../shared/data"
+        ),
+    ] = None,
     methods: Annotated[
         list[str] | None,
         Opt("--method", help="Repeat to choose (default: full adapter lora tfidf)"),
@@ -364,7 +371,19 @@ def compare(
 ):
     """Train every method on the same data and base; table, JSON and plots of the results."""
     need_extra("matplotlib", "compare", "compare")
+    from .compare import HUMAN_SETS, default_human_root, human_sets
     from .compare import compare as run_compare
+
+    if human_data is not None and not human_sets(human_data):
+        expected = ", ".join(HUMAN_SETS.values())
+        raise UserError(f"no human-labelled set under {human_data} (looked for {expected})")
+    human_data = human_data or default_human_root()
+    if human_data is None:
+        typer.echo(
+            "warning: no human-labelled set found (--human-data): the report has only the dev "
+            "set, whose weibo_senti_100k labels come from emoticons",
+            err=True,
+        )
 
     extra = {}
     for spec in extra_test or []:
@@ -375,6 +394,7 @@ def compare(
     parts = ["weibo-senti compare", f"--base-model {base_model}", f"--data {data}"]
     parts += [f"--dev-data {dev_data}"] if dev_data else []
     parts += [f"--extra-test {spec}" for spec in extra_test or []]
+    parts += [f"--human-data {human_data}"] if human_data else []
     parts += [f"--method {m}" for m in methods or []]
     parts += [f"--epochs {epochs}", f"--repeats {repeats}", f"--seed {seed}"]
     parts += [f"--max-train-samples {max_train_samples}"] if max_train_samples else []
@@ -387,6 +407,7 @@ def compare(
         out,
         extra,
         methods,
+        human_data,
         repeats,
         seed,
         command,

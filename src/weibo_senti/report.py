@@ -67,8 +67,12 @@ def plot_reliability(labels, before, after, out: Path) -> Path:
     return out
 
 
-def plot_comparison(results: dict, runs: dict[str, Path], out: Path) -> list[Path]:
-    """Curves of every method on one figure, confusion matrices, accuracy vs artifact size."""
+def plot_comparison(
+    results: dict, runs: dict[str, Path], out: Path, sets: list[str] | None = None
+) -> list[Path]:
+    """Curves of every method on one figure, confusion matrices, accuracy vs artifact size,
+    accuracy per set (``sets``: default dev and dev without emoticons)."""
+    sets = sets or ["dev", "dev_stripped"]
     paths = []
     fig, (a, b) = figure(2, figsize=(11, 4))
     for method, run in runs.items():
@@ -118,4 +122,22 @@ def plot_comparison(results: dict, runs: dict[str, Path], out: Path) -> list[Pat
     )
     save_figure(fig, out / "accuracy_vs_size.png")
     paths.append(out / "accuracy_vs_size.png")
+    paths.append(plot_accuracy_by_set(results, sets, out / "accuracy_by_set.png"))
     return paths
+
+
+def plot_accuracy_by_set(results: dict, sets: list[str], path: Path) -> Path:
+    """Grouped bars: each method's accuracy on dev, dev without emoticons and every test set."""
+    fig, ax = figure(figsize=(max(6, 1.3 * len(sets) * len(results) / 2), 4))
+    width = 0.8 / len(results)
+    for k, (method, r) in enumerate(results.items()):
+        xs = [i + k * width for i in range(len(sets))]
+        means = [r[f"{s}_accuracy"]["mean"] for s in sets]
+        stds = [r[f"{s}_accuracy"]["std"] for s in sets]
+        ax.bar(xs, means, width, yerr=stds, label=method)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(sets))], sets)
+    ax.set(ylabel="accuracy", ylim=(0.4, 1.0), title="accuracy per set (dev labels: emoticons)")
+    ax.axhline(0.8, color="grey", lw=0.8, ls="--")
+    ax.legend(fontsize=8)
+    save_figure(fig, path)
+    return path
