@@ -118,3 +118,26 @@ def test_saved_tokenizer_files_carry_the_rules(trained_runs, merged):
         assert config["model_max_length"] == 40
         assert json.loads((folder / "tokenizer.json").read_text())["truncation"] is None
         assert not (folder / "README.md").exists()  # PEFT's empty model-card stub
+
+
+def test_merged_and_exported_folders_give_calibrated_probabilities_in_a_pipeline(
+    trained_runs, merged, task_files, tmp_path
+):
+    """The temperature is in the head: a stock pipeline's dev log loss is the calibrated one
+    recorded at training time, not the one before the temperature."""
+    from sklearn.metrics import log_loss
+
+    from weibo_senti.data import read_labelled
+
+    exported = tmp_path / "exported"
+    code, _, err = cli("merge", trained_runs["lora"], "--out", exported, "--export")
+    assert code == 0, err
+    calibration = json.loads((trained_runs["lora"] / "eval_results.json").read_text())
+    calibration = calibration["calibration"]
+    assert calibration["temperature"] != 1.0
+    dev = read_labelled(task_files[1])
+    for folder in (merged, exported):
+        p = pipeline_positive(folder, dev.texts, truncation=True)
+        loss = log_loss(dev.labels, np.stack([1 - p, p], 1), labels=[0, 1])
+        assert loss == pytest.approx(calibration["after"]["log_loss"], abs=1e-4)
+        assert loss < calibration["before"]["log_loss"]

@@ -274,10 +274,15 @@ def explain(
     ] = 64,
     base_model: RunBase = None,
     as_json: Annotated[bool, Opt("--json", help="Print JSON lines instead of colours")] = False,
+    png: Annotated[
+        Path | None, Opt(help="Also draw the posts, coloured, in this PNG (extra: compare)")
+    ] = None,
 ):
     """Why a post got its label: per-character integrated gradients (green pushed toward
     positive, red toward negative), with the completeness check."""
     need_extra("captum", "explain", "explain")
+    if png is not None:
+        need_extra("matplotlib", "compare", "explain --png")
     from .explain import explain as explain_post
     from .explain import render_console, summary_lines
     from .predict import load_classifier
@@ -290,14 +295,20 @@ def explain(
     from rich.console import Console
 
     out = Console(highlight=False)
+    done = []
     for post in text:
-        ex = explain_post(clf, post, steps=steps)
+        done.append(explain_post(clf, post, steps=steps))
         if as_json:
-            typer.echo(json.dumps(ex.to_dict(), ensure_ascii=False))
+            typer.echo(json.dumps(done[-1].to_dict(), ensure_ascii=False))
             continue
-        out.print(render_console(ex))
-        for line in summary_lines(ex):
+        out.print(render_console(done[-1]))
+        for line in summary_lines(done[-1]):
             out.print(line, markup=False)
+    if png is not None:
+        from .report import plot_explanations
+
+        plot_explanations(done, [clf.active_adapter or "model"] * len(done), png)
+        typer.echo(f"figure written to {png}", err=True)
 
 
 @app.command()
@@ -411,6 +422,7 @@ def compare(
         repeats,
         seed,
         command,
+        child_setup=configure_process,
         epochs=epochs,
         max_train_samples=max_train_samples,
         precision=precision,

@@ -182,9 +182,12 @@ def compare(
     seed: int = 42,
     command: str = "",
     infer_texts: int = 256,
+    child_setup=None,
     **train_options,
 ) -> dict:
-    """Train and measure each method on the same data and base; write the report to ``out``."""
+    """Train and measure each method on the same data and base; write the report to ``out``.
+
+    Each method runs in a fresh process; ``child_setup`` is called first in each."""
     methods = list(methods or METHODS)
     bad = sorted(set(methods) - set(METHODS))
     if bad:
@@ -207,7 +210,7 @@ def compare(
             **train_options,
         )
         fn = run_tfidf if method == "tfidf" else run_neural
-        row = run_isolated(fn, cfg, extra, infer_texts)
+        row = run_isolated(fn, cfg, extra, infer_texts, setup=child_setup)
         if human:
             row["human_mean_accuracy"] = float(np.mean([row[f"{h}_accuracy"] for h in human]))
         rows[method].append(row)

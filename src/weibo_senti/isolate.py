@@ -10,22 +10,27 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _child(queue, fn, args, kwargs):
+def _child(queue, setup, fn, args, kwargs):
     import os
 
     os.environ.setdefault("WEIBO_SENTI_NO_PROGRESS", "1")  # a child process of our own
     try:
+        if setup is not None:
+            setup()
         queue.put(fn(*args, **kwargs))
     except BaseException as e:  # the parent must not wait forever on a dead child
         queue.put({"error": f"{type(e).__name__}: {e}"})
         raise
 
 
-def run_isolated(fn, *args, **kwargs):
-    """``fn(*args, **kwargs)`` in a spawned process; its (dict) result, or SystemExit."""
+def run_isolated(fn, *args, setup=None, **kwargs):
+    """``fn(*args, **kwargs)`` in a spawned process; its (dict) result, or SystemExit.
+
+    ``setup``: called first in the child (the CLI passes its process settings: a spawned
+    process inherits none of them)."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_child, args=(queue, fn, args, kwargs))
+    proc = ctx.Process(target=_child, args=(queue, setup, fn, args, kwargs))
     proc.start()
     result = queue.get()
     proc.join()

@@ -141,3 +141,53 @@ def plot_accuracy_by_set(results: dict, sets: list[str], path: Path) -> Path:
     ax.legend(fontsize=8)
     save_figure(fig, path)
     return path
+
+
+CJK_FONTS = ("WenQuanYi Micro Hei", "Noto Sans CJK SC", "Noto Sans SC", "Source Han Sans SC")
+
+
+def cjk_font():
+    """A font with Chinese glyphs for this figure only (rcParams are process-wide: untouched);
+    None when the machine has none (the characters then show as boxes)."""
+    from matplotlib import font_manager
+
+    for path in font_manager.findSystemFonts():
+        try:
+            name = font_manager.FontProperties(fname=path).get_name()
+        except (RuntimeError, OSError):
+            continue
+        if name in CJK_FONTS:
+            return font_manager.FontProperties(fname=path, size=15)
+    return None
+
+
+def plot_explanations(explanations: list, titles: list[str], out: Path) -> Path:
+    """One row per explanation: every character on a background green (toward the second
+    label) or red (toward the first), as deep as its share of the row's largest attribution."""
+    font = cjk_font()
+    width = max(len(ex.chars) for ex in explanations)
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(max(6, 0.42 * width), 1.25 * len(explanations)))
+    axes = fig.subplots(len(explanations), 1, squeeze=False)[:, 0]
+    for ax, ex, title in zip(axes, explanations, titles):
+        peak = max((abs(v) for _, v in ex.chars), default=0.0) or 1.0
+        for i, (char, value) in enumerate(ex.chars):
+            alpha = 0.85 * min(1.0, abs(value) / peak)
+            colour = (0.18, 0.62, 0.36, alpha) if value > 0 else (0.85, 0.33, 0.31, alpha)
+            ax.add_patch(_rectangle((i, 0), 1, 1, colour))
+            ax.text(i + 0.5, 0.45, char, ha="center", va="center", fontproperties=font)
+        ax.set(xlim=(0, width), ylim=(0, 1))
+        ax.axis("off")
+        small = font.copy() if font is not None else None
+        if small is not None:
+            small.set_size(10)
+        ax.set_title(f"{title}: {ex.label} (p={ex.score:.3f})", loc="left", fontproperties=small)
+    save_figure(fig, out)
+    return out
+
+
+def _rectangle(xy, w, h, colour):
+    from matplotlib.patches import Rectangle
+
+    return Rectangle(xy, w, h, facecolor=colour, edgecolor="none")
