@@ -164,6 +164,24 @@ def test_console_entry_point_reports_errors_in_one_line(tmp_path):
     ]
 
 
+def test_undecodable_bytes_get_one_line_on_argv_and_in_the_console(cli_runs):
+    entry = [sys.executable, "-c", "from weibo_senti.cli import main; main()"]
+    r = subprocess.run(
+        [*entry, "predict", str(cli_runs["lora"]), "--text", "好", "--text", b"\xff"],
+        capture_output=True,
+    )
+    assert r.returncode == 2, r.stderr[-500:]
+    lines = r.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and "text 2 is not valid Unicode" in lines[0]
+    r = subprocess.run(
+        [*entry, "predict", str(cli_runs["lora"])],
+        input=b"\xff\xfe\n" + POS.encode() + b"\nq\n",
+        capture_output=True,
+    )
+    out = r.stdout.decode()
+    assert r.returncode == 0 and "not valid Unicode" in out and "预测结果: 正面情感" in out
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_corrupt_or_missing_weights_are_named(cli_runs, tmp_path, method):
     import shutil

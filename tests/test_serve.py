@@ -161,6 +161,61 @@ def test_micro_batching_gathers_concurrent_requests(clf, monkeypatch):
     assert calls == [1] * 8
 
 
+def test_a_request_that_fails_in_its_batch_fails_only_itself(clf, monkeypatch):
+    """The model call for a gathered batch raises because of one request: the batch is retried
+    request by request, every other request is answered, the bad one gets its error."""
+    original = Batcher._predict
+    calls = []
+
+    def poisoned(self, jobs):
+        calls.append(len(jobs))
+        if any("POISON" in t for j in jobs for t in j.texts):
+            raise RuntimeError("cannot compute this one")
+        return original(self, jobs)
+
+    monkeypatch.setattr(Batcher, "_predict", poisoned)
+
+    async def scenario():
+        batcher = Batcher(clf, max_batch=256, max_wait_ms=50)
+        batcher.start()
+        texts = [[POS if i % 2 else NEG] for i in range(20)]
+        texts[7] = ["POISON"]
+        results = await asyncio.gather(
+            *[batcher.submit(t, None) for t in texts], return_exceptions=True
+        )
+        await batcher.stop()
+        return results
+
+    results = asyncio.run(scenario())
+    assert max(calls) > 1  # they were gathered into one batch first
+    assert isinstance(results[7], RuntimeError)
+    good = [r for i, r in enumerate(results) if i != 7]
+    assert [r[0].label for r in good] == [
+        "positive" if i % 2 else "negative" for i in range(20) if i != 7
+    ]
+
+
+def test_lone_surrogates_are_refused_per_request_as_json(client):
+    for path, body in (
+        ("/v1/predict", b'{"texts": ["ok", "\\ud800"]}'),
+        ("/v1/explain", b'{"text": "\\udfff"}'),
+    ):
+        r = client.post(path, content=body)
+        assert r.status_code == 422 and r.json()["error"] == "invalid request", r.text
+    r = client.post("/v1/predict", content=b'{"texts": ["\\ud800"]}')
+    assert "text 0 is not valid Unicode" in r.json()["details"][0]["problem"]
+
+
+def test_unexpected_errors_are_json_500(clf, monkeypatch):
+    def broken(self, jobs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(Batcher, "_predict", broken)
+    with TestClient(create_app(clf), raise_server_exceptions=False) as c:
+        r = c.post("/v1/predict", json={"texts": [POS]})
+    assert r.status_code == 500 and r.json() == {"error": "internal error: RuntimeError"}
+
+
 def test_curl_style_form_encoded_json_is_accepted(client):
     r = client.post(
         "/v1/predict",

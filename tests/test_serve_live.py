@@ -137,6 +137,29 @@ def test_fuzz_never_crashes_the_server(server):
         assert c.get(f"{server.url}/health").status_code == 200
 
 
+def test_a_lone_surrogate_among_100_good_requests_fails_only_itself(server, local_classifier):
+    """The issue's case: one `{"texts": ["\\ud800"]}` sent with 100 good requests at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    posts = [make_text(random.Random(i), i % 2) for i in range(100)]
+    want = [p.label for p in local_classifier.predict(posts)]
+
+    def send(i):
+        with httpx.Client(timeout=60) as c:
+            if i == 100:
+                body = b'{"texts": ["\\ud800"]}'
+            else:
+                body = json.dumps({"texts": [posts[i]]}).encode()
+            return c.post(f"{server.url}/v1/predict", content=body)
+
+    with ThreadPoolExecutor(32) as pool:
+        answers = list(pool.map(send, [100, *range(100)]))
+    bad, good = answers[0], answers[1:]
+    assert bad.status_code == 422 and "not valid Unicode" in bad.text
+    assert [r.status_code for r in good] == [200] * 100
+    assert [r.json()["predictions"][0]["label"] for r in good] == want
+
+
 def test_load_2000_requests_32_clients_all_answered_and_correct(server, local_classifier):
     rng = random.Random(7)
     pool = [make_text(rng, rng.randrange(2), rng.randint(4, 40)) for _ in range(300)]

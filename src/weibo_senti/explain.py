@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from .errors import UserError
-from .predict import SentimentClassifier
+from .predict import SentimentClassifier, check_unicode
 
 DEFAULT_STEPS = 64
 
@@ -55,6 +55,7 @@ def explain(
     from captum.attr import LayerIntegratedGradients
 
     text = text.strip()
+    check_unicode([text])
     if not text:
         raise UserError("nothing to explain: the text is empty")
     if len(clf.labels) != 2:

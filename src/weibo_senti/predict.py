@@ -212,6 +212,7 @@ class SentimentClassifier:
         if isinstance(texts, str):
             texts = [texts]
         texts = ["" if t is None else str(t) for t in texts]
+        check_unicode(texts)
         keep = [i for i, t in enumerate(texts) if t.strip()]
         names = self._row_adapters(adapter, len(texts))
         out = [Prediction(None, None, None, None, adapter=names[i]) for i in range(len(texts))]
@@ -233,6 +234,19 @@ class SentimentClassifier:
                     names[i],
                 )
         return out
+
+
+def check_unicode(texts: list[str]) -> None:
+    """Lone surrogates (undecodable bytes in argv, \\ud800 in JSON) cannot be tokenized."""
+    for i, text in enumerate(texts):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = text.encode("utf-8", "backslashreplace").decode("ascii", "replace")[:40]
+            raise UserError(
+                f"text {i + 1} is not valid Unicode ({shown!r}): check the terminal's or the "
+                "file's encoding"
+            ) from None
 
 
 def format_console(pred: Prediction, max_length: int) -> str:
@@ -289,7 +303,10 @@ def console(clf: SentimentClassifier, stdin=None, stdout=None) -> None:
         if text.startswith(":"):
             print(console_command(clf, text), file=stdout)
             continue
-        print(format_console(clf.predict([text])[0], clf.max_length), file=stdout)
+        try:
+            print(format_console(clf.predict([text])[0], clf.max_length), file=stdout)
+        except UserError as e:  # one bad line, not the end of the session
+            print(f"error: {e}", file=stdout)
     print("\n再见!", file=stdout)
 
 

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 from importlib import resources
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from .errors import UserError
 
@@ -19,15 +19,40 @@ MAX_TEXTS = 256
 MAX_BODY = 1 << 20
 
 
+def valid_unicode(text: str) -> str:
+    """JSON may carry lone surrogates (\\ud800) that no tokenizer can encode: refuse them here,
+    per request, before they reach a batch shared with other requests."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("not valid Unicode (a lone surrogate such as \\ud800)") from None
+    return text
+
+
 class PredictRequest(BaseModel):
     texts: list[str] = Field(min_length=1, max_length=MAX_TEXTS, description="1 to 256 posts")
     adapter: str | None = Field(None, description="adapter name (default: the active one)")
+
+    @field_validator("texts")
+    @classmethod
+    def _unicode(cls, texts: list[str]) -> list[str]:
+        for i, text in enumerate(texts):
+            try:
+                valid_unicode(text)
+            except ValueError as e:
+                raise ValueError(f"text {i} is {e}") from None
+        return texts
 
 
 class ExplainRequest(BaseModel):
     text: str = Field(min_length=1, description="one post")
     adapter: str | None = Field(None, description="adapter name (default: the active one)")
     steps: int = Field(64, ge=1, le=1024, description="integration steps to start with")
+
+    @field_validator("text")
+    @classmethod
+    def _unicode(cls, text: str) -> str:
+        return valid_unicode(text)
 
 
 @dataclass
@@ -105,17 +130,29 @@ class Batcher:
                             break
                         await asyncio.sleep(min(0.001, left))
             try:
-                results = await asyncio.to_thread(self._locked, self._predict, jobs)
-                for job, res in zip(jobs, results):
-                    if not job.future.done():  # a client may have gone away
-                        job.future.set_result(res)
-            except Exception as e:  # answered per request, the worker keeps running
-                for job in jobs:
-                    if not job.future.done():
-                        job.future.set_exception(e)
+                await self._answer(jobs)
             finally:
                 for _ in jobs:
                     self.queue.task_done()
+
+    async def _answer(self, jobs: list[Job]) -> None:
+        """One forward pass for the batch; if it fails, each request alone, so that a request
+        that cannot be computed fails only itself."""
+        try:
+            results = await asyncio.to_thread(self._locked, self._predict, jobs)
+        except Exception as e:
+            if len(jobs) > 1:
+                for job in jobs:
+                    await self._answer([job])
+                return
+            results, failure = None, e
+        for i, job in enumerate(jobs):
+            if job.future.done():  # a client may have gone away
+                continue
+            if results is None:
+                job.future.set_exception(failure)
+            else:
+                job.future.set_result(results[i])
 
     def _predict(self, jobs: list[Job]):
         texts = [t for j in jobs for t in j.texts]
@@ -233,6 +270,11 @@ def add_error_handlers(app) -> None:
         # e.g. a body FastAPI cannot parse at all (nesting too deep), unknown paths
         message = "malformed JSON" if "parsing the body" in str(exc.detail) else str(exc.detail)
         return error(exc.status_code, message)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request, exc: Exception):
+        log.exception("unexpected error on %s", request.url.path)
+        return error(500, f"internal error: {type(exc).__name__}")
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request, exc: RequestValidationError):
