@@ -178,10 +178,10 @@ def test_cli_predict_with_several_adapters(trained_runs, flipped_run, tmp_path):
     code, out, err = cli("predict", *specs, "--input", inp)
     assert code == 0, err
     rows = list(csv.DictReader(io.StringIO(out)))
-    assert [(r["adapter"], r["label"]) for r in rows] == [
-        ("weibo", "positive"),
-        ("flip", "negative"),
-        ("weibo", "negative"),
+    assert [(r["adapter"], r["pred_adapter"], r["pred_label"]) for r in rows] == [
+        ("weibo", "weibo", "positive"),
+        ("flip", "flip", "negative"),
+        ("", "weibo", "negative"),  # the input column is kept as it was
     ]
     code, _, err = cli("predict", "--adapter", "weibo", "--text", "好")
     assert code == 2 and "NAME=RUN_FOLDER" in err

@@ -119,8 +119,100 @@ def test_predict_batch_file(cli_runs, tmp_path, suffix):
         else list(csv.DictReader(io.StringIO(text)))
     )
     assert [str(r["id"]) for r in rows] == ["1", "2", "3", "4"]
-    assert [r["label"] for r in rows[:3]] == ["positive", "negative", ""]
-    assert str(rows[3]["truncated"]) == "True"
+    assert [r["pred_label"] or "" for r in rows[:3]] == ["positive", "negative", ""]
+    assert str(rows[3]["pred_truncated"]) == "True"
+
+
+def test_predict_file_keeps_every_input_column_as_it_was(cli_runs, tmp_path):
+    """A gold label, the text column's name and columns called score/adapter all survive."""
+    inp = tmp_path / "gold.csv"
+    rows = [("1", POS, "0.5", "x"), ("0", NEG, "", "y"), ("1", " 好 ", "7", "")]
+    inp.write_text(
+        "label,review,score,adapter\n" + "".join(",".join(r) + "\n" for r in rows),
+        encoding="utf-8",
+    )
+    out = tmp_path / "preds.csv"
+    code, _, err = cli("predict", cli_runs["lora"], "--input", inp, "--output", out)
+    assert code == 0, err
+    got = list(csv.DictReader(io.StringIO(out.read_text(encoding="utf-8"))))
+    assert list(got[0])[:4] == ["label", "review", "score", "adapter"]
+    assert [tuple(r[c] for c in ("label", "review", "score", "adapter")) for r in got] == rows
+    assert [r["pred_label"] for r in got[:2]] == ["positive", "negative"]
+    assert {"pred_score", "pred_p_positive", "pred_p_negative", "pred_label_zh"} <= set(got[0])
+    clash = tmp_path / "clash.csv"
+    clash.write_text("review,pred_label\n好,1\n", encoding="utf-8")
+    code, _, err = cli("predict", cli_runs["lora"], "--input", clash)
+    assert code == 2 and "already has column 'pred_label'" in err and "--prefix" in err
+    code, out, err = cli("predict", cli_runs["lora"], "--input", clash, "--prefix", "model_")
+    assert code == 0 and "model_label" in out.splitlines()[0], err
+
+
+@pytest.mark.parametrize("command", ["predict", "evaluate", "train"])
+def test_an_unclosed_quote_is_refused_with_its_line(cli_runs, tiny_base, tmp_path, command):
+    bad = tmp_path / "q.csv"
+    bad.write_text('label,review\n1,好\n0,"坏\n1,好的\n0,差\n', encoding="utf-8")
+    args = {
+        "predict": ["predict", cli_runs["lora"], "--input", bad],
+        "evaluate": ["evaluate", cli_runs["lora"], "--data", bad],
+        "train": ["train", "--data", bad, "--base-model", tiny_base, "--out", tmp_path / "r"],
+    }[command]
+    code, _, err = cli(*args)
+    assert code == 2 and "quote opened on line 3 never closes" in err and "3 lines" in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_quoted_line_breaks_are_kept_and_reported(caplog, tmp_path):
+    from weibo_senti.data import read_labelled
+
+    f = tmp_path / "multi.csv"
+    f.write_text('label,review\n1,"好\n的"\n0,差\n', encoding="utf-8")
+    ex = read_labelled(f)
+    assert ex.texts == ["好\n的", "差"] and "line breaks inside quotes" in caplog.text
+
+
+def test_big5_is_not_read_as_gbk(caplog, tmp_path):
+    from weibo_senti.data import read_labelled
+
+    posts = ["今天天氣很好，我們去公園散步", "這家餐廳的服務態度太差了", "電影非常好看，推薦給大家"]
+    f = tmp_path / "big5.csv"
+    f.write_bytes(
+        ("label,review\n" + "".join(f"{i % 2},{p}\n" for i, p in enumerate(posts))).encode("big5")
+    )
+    assert read_labelled(f).texts == posts and "Big5" in caplog.text
+    gbk = tmp_path / "gbk.csv"
+    simplified = ["今天天气很好，我们去公园散步", "这家餐厅的服务态度太差了"]
+    gbk.write_bytes(("label,review\n" + "".join(f"1,{p}\n" for p in simplified)).encode("gbk"))
+    assert read_labelled(gbk).texts == simplified
+
+
+def test_label_only_file_and_directories_are_refused(cli_runs, tmp_path):
+    labels = tmp_path / "labels.csv"
+    labels.write_text("label\n1\n0\n1\n", encoding="utf-8")
+    code, _, err = cli("predict", cli_runs["lora"], "--input", labels)
+    assert code == 2 and "holds labels (0/1), not texts" in err
+    folder = tmp_path / "posts.csv"
+    folder.mkdir()
+    for args in (
+        ["predict", cli_runs["lora"], "--input", folder],
+        ["evaluate", cli_runs["lora"], "--data", folder],
+    ):
+        code, _, err = cli(*args)
+        assert code == 2 and "is a directory, not a file" in err
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("label,review\n1,好\n0,差\n", "2 training rows are too few"),
+        ("label,review\n" + "1,好\n" * 30, "all 30 training rows are label 1, none 0"),
+    ],
+)
+def test_training_data_that_cannot_teach_is_refused_first(tiny_base, tmp_path, content, message):
+    data = tmp_path / "d.csv"
+    data.write_text(content, encoding="utf-8")
+    code, _, err = cli("train", "--data", data, "--base-model", tiny_base, "--out", tmp_path / "r")
+    assert code == 2 and message in err, err
+    assert not (tmp_path / "r").exists()
 
 
 def test_predict_bad_output_suffix_is_refused_before_loading(cli_runs, tmp_path):

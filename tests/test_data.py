@@ -123,13 +123,13 @@ def test_read_texts_keeps_every_row_in_order(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="weibo_senti"):
         ex = read_texts(csv_path)
     assert ex.texts == ["好", "", ""]
-    assert ex.extra == {"id": ["7", "8", ""]}
+    assert ex.columns == {"id": ["7", "8", None], "review": ["好", "", None]}
     assert "1 unparsable" in caplog.text
     jl = tmp_path / "p.jsonl"
     jl.write_text('{"text": "好", "k": 1}\nnot json\n{"text": "差", "k": 2}\n', encoding="utf-8")
     ex = read_texts(jl)
     assert ex.texts == ["好", "", "差"]
-    assert ex.extra == {"k": ["1", "", "2"]}
+    assert ex.columns == {"text": ["好", None, "差"], "k": [1, None, 2]}  # types as read
 
 
 def test_strip_emoticons():

@@ -234,6 +234,9 @@ def predict(
     batch_size: BatchSize = 16,
     precision: InferPrecision = "auto",
     as_json: Annotated[bool, Opt("--json", help="Print JSON lines instead of text")] = False,
+    prefix: Annotated[
+        str, Opt(help="Names of the columns --input adds: PREFIX+label, +score, +p_positive, ...")
+    ] = "pred_",
 ):
     """Classify texts: an interactive console, --text one-shot, or --input batch files."""
     from .predict import console, format_console, load_classifier, predict_file, serialize
@@ -246,7 +249,9 @@ def predict(
     if use:
         clf.use(use)
     if input is not None:
-        rows = predict_file(clf, input, output, text_column, encoding, batch_size, adapter_column)
+        rows = predict_file(
+            clf, input, output, text_column, encoding, batch_size, adapter_column, prefix
+        )
         if output is None:
             typer.echo(serialize(rows, Path("stdout.jsonl" if as_json else "stdout.csv")), nl=False)
         else:

@@ -34,15 +34,16 @@ class Examples:
     texts: list[str]
     labels: list[int] | None
     source: str = ""
-    extra: dict[str, list[str]] = field(default_factory=dict)  # other columns, kept for output
+    # read_texts: every input column in file order, text column included, values as read
+    columns: dict[str, list] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.texts)
 
     def subset(self, idx) -> Examples:
         labels = None if self.labels is None else [self.labels[i] for i in idx]
-        extra = {k: [v[i] for i in idx] for k, v in self.extra.items()}
-        return Examples([self.texts[i] for i in idx], labels, self.source, extra)
+        columns = {k: [v[i] for i in idx] for k, v in self.columns.items()}
+        return Examples([self.texts[i] for i in idx], labels, self.source, columns)
 
 
 def decode(raw: bytes, path: Path, encoding: str | None = None) -> str:
@@ -54,11 +55,13 @@ def decode(raw: bytes, path: Path, encoding: str | None = None) -> str:
             raise UserError(f"{path}: cannot decode as {encoding}: {e}") from None
     if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         return raw.decode("utf-16")
-    for enc in ("utf-8-sig", "gb18030"):
-        try:
-            return raw.decode(enc)
-        except UnicodeDecodeError:
-            pass
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        pass
+    text = _chinese_legacy(raw, path)
+    if text is not None:
+        return text
     from charset_normalizer import from_bytes
 
     best = from_bytes(raw).best()
@@ -68,6 +71,49 @@ def decode(raw: bytes, path: Path, encoding: str | None = None) -> str:
         "%s: decoded as %s (guessed); pass --encoding if that is wrong", path, best.encoding
     )
     return str(best)
+
+
+def _common_share(text: str, encoding: str, first: int, last: int) -> float:
+    """Share of the Han characters that are in ``encoding``'s frequent-character block (lead
+    bytes first..last): high for text decoded with its own codec, low for mojibake."""
+    han = [c for c in text[:20000] if "\u4e00" <= c <= "\u9fff"]
+    if not han:
+        return 0.0
+    hits = 0
+    for c in han:
+        try:
+            hits += first <= c.encode(encoding)[0] <= last
+        except UnicodeEncodeError:
+            pass
+    return hits / len(han)
+
+
+def _chinese_legacy(raw: bytes, path: Path) -> str | None:
+    """GB18030 (GBK) or Big5: Big5 bytes often decode as GB18030 without an error, into
+    nonsense. Both decodings are judged by how many of their characters are common ones
+    (GB2312 level 1, Big5 frequent block)."""
+    decoded = {}
+    for enc in ("gb18030", "big5"):
+        try:
+            decoded[enc] = raw.decode(enc)
+        except UnicodeDecodeError:
+            pass
+    if not decoded:
+        return None
+    if len(decoded) == 1:
+        return next(iter(decoded.values()))
+    gb = _common_share(decoded["gb18030"], "gb2312", 0xB0, 0xD7)
+    big5 = _common_share(decoded["big5"], "big5", 0xA4, 0xC6)
+    if big5 > gb:
+        log.warning(
+            "%s: read as Big5 (traditional Chinese; %.0f%% common characters against %.0f%% "
+            "as GBK); pass --encoding gb18030 if that is wrong",
+            path,
+            100 * big5,
+            100 * gb,
+        )
+        return decoded["big5"]
+    return decoded["gb18030"]
 
 
 def _rows(text: str, path: Path):
@@ -96,26 +142,52 @@ def _rows(text: str, path: Path):
 
 
 def _csv_rows(text: str, path: Path, delimiter: str):
-    reader = csv.reader(text.splitlines(keepends=True), delimiter=delimiter)
+    lines = text.splitlines(keepends=True)
+    reader = csv.reader(lines, delimiter=delimiter)
     try:
         header = [h.strip() for h in next(reader)]
     except StopIteration:
         raise UserError(f"{path} is empty") from None
     yield 0, header  # the header, so callers can name missing columns
     start = reader.line_num + 1
+    spanning = []  # rows whose quoted text runs over several lines
     while True:
         try:
             row = next(reader)
         except StopIteration:
-            return
+            break
         except csv.Error:
             row = None
+        if reader.line_num > start:
+            spanning.append(start)
+            if reader.line_num == len(lines):
+                _check_closed(lines[start - 1 :], path, start, delimiter)
         if row is not None and not any(cell.strip() for cell in row):
             start = reader.line_num + 1
             continue  # blank line
         ok = row is not None and len(row) == len(header)
         yield start, dict(zip(header, row)) if ok else None
         start = reader.line_num + 1
+    if spanning:
+        log.warning(
+            "%s: %d rows have line breaks inside quotes, each read as one text (lines %s); "
+            "if that is wrong, a quote is unbalanced there",
+            path,
+            len(spanning),
+            ", ".join(map(str, spanning[:5])),
+        )
+
+
+def _check_closed(tail: list[str], path: Path, line: int, delimiter: str) -> None:
+    """A quote that never closes swallows the rest of the file into one text: refuse."""
+    try:
+        list(csv.reader(tail, delimiter=delimiter, strict=True))
+    except csv.Error as e:
+        if "unexpected end of data" in str(e):
+            raise UserError(
+                f"{path}: the quote opened on line {line} never closes, so lines {line}-"
+                f"{line + len(tail) - 1} ({len(tail)} lines) would be one text; fix the quoting"
+            ) from None
 
 
 def _parse_label(value) -> int | None:
@@ -128,10 +200,16 @@ def _parse_label(value) -> int | None:
     return None
 
 
+def require_file(path: Path, what: str = "data file") -> None:
+    if path.is_dir():
+        raise UserError(f"{what} {path} is a directory, not a file")
+    if not path.is_file():
+        raise UserError(f"{what} {path} does not exist")
+
+
 def _records(path: Path, encoding: str | None):
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"data file {path} does not exist")
+    require_file(path)
     text = decode(path.read_bytes(), path, encoding)
     header = None
     for n, rec in _rows(text, path):
@@ -192,25 +270,30 @@ def read_texts(
     """Read texts to predict: .txt (one per line) or a table; every row is kept, in order."""
     path = Path(path)
     if path.suffix.lower() == ".txt":
-        if not path.is_file():
-            raise UserError(f"input file {path} does not exist")
+        require_file(path, "input file")
         lines = decode(path.read_bytes(), path, encoding).splitlines()
-        return Examples(lines, None, str(path))
+        return Examples(lines, None, str(path), {"text": lines})
     records, header = [], None
     for n, rec, head in _records(path, encoding):
         records.append((n, rec))
         header = head
     columns = header or next((list(r) for _, r in records if r), [text_column])
     column = _pick_text_column(path, columns, text_column)
-    extra = {c: [] for c in columns if c != column}
+    values = [r.get(column) for _, r in records if r is not None]
+    if column == "label" or (values and all(_parse_label(v) is not None for v in values)):
+        raise UserError(
+            f"{path}: column '{column}' holds labels (0/1), not texts; give the text column "
+            "with --text-column"
+        )
+    kept = {c: [] for c in columns}
     texts, bad = [], []
     for n, rec in records:
         ok = rec is not None and isinstance(rec.get(column), str)
         texts.append(rec[column] if ok else "")
         if not ok:
             bad.append(n)
-        for c in extra:
-            extra[c].append("" if rec is None else str(rec.get(c, "")))
+        for c in kept:
+            kept[c].append(None if rec is None else rec.get(c))
     if bad:
         log.warning(
             "%s: %d unparsable rows kept as empty texts (lines %s)",
@@ -218,7 +301,7 @@ def read_texts(
             len(bad),
             ", ".join(map(str, bad[:5])),
         )
-    return Examples(texts, None, str(path), extra)
+    return Examples(texts, None, str(path), kept)
 
 
 def _pick_text_column(path: Path, columns: list[str], wanted: str) -> str:

@@ -325,6 +325,9 @@ def console_command(clf: SentimentClassifier, text: str) -> str:
     return "commands: :use NAME, :adapters, q"
 
 
+PREDICTION_COLUMNS = ("label", "label_zh", "score", "p_negative", "p_positive", "truncated")
+
+
 def predict_file(
     clf: SentimentClassifier,
     inp: Path,
@@ -333,32 +336,37 @@ def predict_file(
     encoding: str | None = None,
     batch_size: int = 16,
     adapter_column: str = "adapter",
+    prefix: str = "pred_",
 ) -> list[dict]:
     """Predict every row of a file; write CSV or JSONL (by suffix) atomically; return rows.
 
-    With several adapters loaded, a column ``adapter_column`` may name the adapter per row.
+    Every input column is kept as it was, in order; the predictions are added as new columns
+    named ``prefix`` + label, label_zh, score, p_<label>, truncated (and adapter). With several
+    adapters loaded, a column ``adapter_column`` may name the adapter per row (with one, it is
+    just data).
     """
     examples: Examples = read_texts(inp, text_column, encoding)
+    added = [prefix + c for c in (*PREDICTION_COLUMNS[:3], *(f"p_{n}" for n in clf.labels))]
+    added += [prefix + "truncated"] + ([prefix + "adapter"] if clf.bank is not None else [])
+    clash = [c for c in added if c in examples.columns]
+    if clash:
+        raise UserError(
+            f"{inp} already has column {clash[0]!r}: pass --prefix to name the predictions"
+        )
     names = None
-    if clf.bank is not None and adapter_column in examples.extra:
-        names = [n.strip() or clf.active_adapter for n in examples.extra[adapter_column]]
+    if len(clf.adapters) > 1 and adapter_column in examples.columns:  # else just data
+        given = examples.columns[adapter_column]
+        names = [str(n or "").strip() or clf.active_adapter for n in given]
     preds = clf.predict(examples.texts, batch_size, names)
     rows = []
-    for i, (text, p) in enumerate(zip(examples.texts, preds)):
-        row = {k: v[i] for k, v in examples.extra.items()}
-        row.update(
-            {
-                "text": text,
-                "label": p.label or "",
-                "label_zh": p.label_zh or "",
-                "score": "" if p.score is None else round(p.score, 6),
-            }
-        )
-        for name in clf.labels:
-            row[f"p_{name}"] = "" if p.probabilities is None else round(p.probabilities[name], 6)
-        row["truncated"] = p.truncated
-        if p.adapter is not None:
-            row["adapter"] = p.adapter
+    for i, p in enumerate(preds):
+        row = {k: v[i] for k, v in examples.columns.items()}
+        values = [p.label, p.label_zh, None if p.score is None else round(p.score, 6)]
+        values += [
+            None if p.probabilities is None else round(p.probabilities[n], 6) for n in clf.labels
+        ]
+        values += [p.truncated] + ([p.adapter] if clf.bank is not None else [])
+        row.update(zip(added, values))
         rows.append(row)
     if output is not None:
         atomic_write(output, lambda tmp: tmp.write_text(serialize(rows, output), encoding="utf-8"))

@@ -24,7 +24,7 @@ import torch
 
 from . import inference, modeling, runfolder
 from .config import TrainConfig
-from .data import Examples, read_labelled, split_dev, strip_emoticons
+from .data import LABELS, Examples, read_labelled, split_dev, strip_emoticons
 from .errors import UserError
 from .features import Collator, EncodedDataset, EpochBatchSampler, encode_cached
 from .hub import default_data, resolve_base_model
@@ -110,6 +110,7 @@ def load_splits(cfg: TrainConfig) -> tuple[Examples, Examples]:
     data = cfg.data or str(default_data())
     kw = dict(text_column=cfg.text_column, label_column=cfg.label_column, encoding=cfg.encoding)
     train_set = read_labelled(data, **kw)
+    check_trainable(train_set, "training")
     if cfg.dev_data:
         dev_set = read_labelled(cfg.dev_data, **kw)
     else:
@@ -117,7 +118,27 @@ def load_splits(cfg: TrainConfig) -> tuple[Examples, Examples]:
     if cfg.max_train_samples and cfg.max_train_samples < len(train_set):
         idx = random.Random(cfg.seed).sample(range(len(train_set)), cfg.max_train_samples)
         train_set = train_set.subset(sorted(idx))
+    check_trainable(train_set, "training")
     return train_set, dev_set
+
+
+MIN_TRAIN_ROWS = 10
+
+
+def check_trainable(examples: Examples, role: str) -> None:
+    """Refuse, before any training, data a classifier cannot learn from."""
+    counts = {label: examples.labels.count(label) for label in (0, 1)}
+    if len(examples) < MIN_TRAIN_ROWS:
+        raise UserError(
+            f"{examples.source}: {len(examples)} {role} rows are too few to train on "
+            f"(at least {MIN_TRAIN_ROWS})"
+        )
+    for label, n in counts.items():
+        if n == 0:
+            raise UserError(
+                f"{examples.source}: all {len(examples)} {role} rows are label {1 - label}, none "
+                f"{label} ({LABELS[label]}); a classifier needs both 0 and 1"
+            )
 
 
 # ---------------------------------------------------------------------------- setup
