@@ -160,6 +160,42 @@ def test_a_lone_surrogate_among_100_good_requests_fails_only_itself(server, loca
     assert [r.json()["predictions"][0]["label"] for r in good] == want
 
 
+def test_idle_and_slow_connections_are_closed(trained_runs, tmp_path):
+    """Sockets that never send a request, or trickle half a request line, are closed after the
+    keep-alive timeout; a real client is answered meanwhile and after."""
+    import socket
+
+    srv = start_server(tmp_path, *adapter_args(trained_runs), "--timeout-keep-alive", "1")
+    try:
+        port = int(srv.url.rsplit(":", 1)[1])
+        idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(200)]
+        slow = [socket.create_connection(("127.0.0.1", port)) for _ in range(20)]
+        for s in slow:
+            s.sendall(b"POST /v1/pre")
+        assert httpx.post(f"{srv.url}/v1/predict", json={"texts": ["好"]}).status_code == 200
+        time.sleep(1.5)
+        for s in slow:  # a byte now and then does not keep a connection open
+            try:
+                s.sendall(b"d")
+            except OSError:
+                pass
+        time.sleep(1.5)
+        for s in idle + slow:
+            s.settimeout(5)
+            try:
+                data = s.recv(1024)
+            except ConnectionResetError:
+                data = b""
+            assert data == b"", data[:100]  # closed by the server
+            s.close()
+        with httpx.Client() as c:  # keep-alive between requests still works, then times out
+            assert c.post(f"{srv.url}/v1/predict", json={"texts": ["好"]}).status_code == 200
+            assert c.post(f"{srv.url}/v1/predict", json={"texts": ["差"]}).status_code == 200
+    finally:
+        srv.proc.send_signal(signal.SIGTERM)
+        assert stopped_gracefully(srv), srv.output()[-2000:]
+
+
 def test_load_2000_requests_32_clients_all_answered_and_correct(server, local_classifier):
     rng = random.Random(7)
     pool = [make_text(rng, rng.randrange(2), rng.randint(4, 40)) for _ in range(300)]

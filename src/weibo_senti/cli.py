@@ -461,6 +461,12 @@ def serve(
     max_wait_ms: Annotated[float, Opt(help="How long a micro-batch gathers requests")] = 5.0,
     queue_size: Annotated[int, Opt(help="Requests waiting before 503 + Retry-After")] = 256,
     micro_batching: Annotated[bool, Opt(help="Gather concurrent requests into one batch")] = True,
+    timeout_keep_alive: Annotated[
+        float, Opt(help="Seconds a connection may sit without a request before it is closed")
+    ] = 5.0,
+    max_connections: Annotated[
+        int, Opt(help="Open connections + requests in progress; beyond it 503 at once")
+    ] = 512,
 ):
     """Serve predictions over HTTP: POST /v1/predict, GET /v1/adapters, /health, a page at /."""
     for module in ("fastapi", "fastapi_offline", "uvicorn"):
@@ -478,6 +484,8 @@ def serve(
         max_wait_ms=max_wait_ms,
         queue_size=queue_size,
         micro_batching=micro_batching,
+        timeout_keep_alive=timeout_keep_alive,
+        max_connections=max_connections,
     )
 
 

@@ -348,7 +348,61 @@ def add_routes(app, clf, state: dict) -> None:
         return resources.files("weibo_senti").joinpath("static/index.html").read_text("utf-8")
 
 
-def serve(clf, host: str = "127.0.0.1", port: int = 8000, **kw) -> None:
+def idle_closing_protocol():
+    """uvicorn's HTTP/1.1 protocol, plus a deadline for each request to *start*.
+
+    uvicorn closes a keep-alive connection only after it has answered a request on it; a
+    connection that never sends one, or trickles half a request line, stays open forever (500
+    such sockets were measured still open after 20 s). Here each connection must deliver a
+    complete request head within the keep-alive timeout of connecting or of its last answer.
+    """
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class IdleClosingH11(H11Protocol):
+        _deadline = None
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            between = self.cycle is None or self.cycle.response_complete
+            if between and (self._deadline is None or self._deadline[1] is not self.cycle):
+                self._arm()  # once per gap between requests: trickling data does not extend it
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._arm()
+
+        def connection_lost(self, exc) -> None:
+            if self._deadline is not None:
+                self._deadline[0].cancel()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            if self._deadline is not None:
+                self._deadline[0].cancel()
+            cycle = self.cycle
+            timer = self.loop.call_later(self.timeout_keep_alive, self._expire, cycle)
+            self._deadline = (timer, cycle)
+
+        def _expire(self, cycle) -> None:
+            idle = self.cycle is cycle and (cycle is None or cycle.response_complete)
+            if idle and not self.transport.is_closing():
+                self.transport.close()
+
+    return IdleClosingH11
+
+
+def serve(
+    clf,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    timeout_keep_alive: float = 5.0,
+    max_connections: int = 512,
+    **kw,
+) -> None:
     import uvicorn
 
     uvicorn.run(
@@ -357,4 +411,7 @@ def serve(clf, host: str = "127.0.0.1", port: int = 8000, **kw) -> None:
         port=port,
         log_level="warning",
         timeout_graceful_shutdown=30,
+        http=idle_closing_protocol(),
+        timeout_keep_alive=timeout_keep_alive,
+        limit_concurrency=max_connections,  # beyond it: 503 at once, nothing queued
     )
