@@ -126,3 +126,17 @@ def test_report_without_human_sets_says_so_loudly():
     }
     md = render({"tfidf": row}, meta, [])
     assert "No human-labelled set was found" in md and "mean of the human" not in md
+
+
+def _exit_at_once():
+    import os
+
+    os._exit(3)
+
+
+def test_a_child_that_dies_without_answering_is_reported_not_waited_for():
+    from weibo_senti.errors import UserError
+    from weibo_senti.isolate import run_isolated
+
+    with pytest.raises(UserError, match="died .exit code 3"):
+        run_isolated(_exit_at_once)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import resource
+from queue import Empty
 
 
 def peak_rss_mb() -> float:
@@ -32,7 +33,14 @@ def run_isolated(fn, *args, setup=None, **kwargs):
     queue = ctx.Queue()
     proc = ctx.Process(target=_child, args=(queue, setup, fn, args, kwargs))
     proc.start()
-    result = queue.get()
+    while True:  # a child that dies before it can answer must not leave us waiting forever
+        try:
+            result = queue.get(timeout=1.0)
+            break
+        except Empty:
+            if not proc.is_alive():
+                result = {"error": f"the child process died (exit code {proc.exitcode})"}
+                break
     proc.join()
     if isinstance(result, dict) and "error" in result:
         from .errors import UserError
