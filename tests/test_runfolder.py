@@ -170,3 +170,62 @@ def test_old_records_and_foreign_bases_get_one_line(trained_runs, tmp_path, monk
     (bert / "config.json").write_text(json.dumps({"model_type": "bert", "vocab_size": 141}))
     code, _, err = cli("predict", trained_runs["lora"], "--base-model", bert, "--text", "好")
     assert code == 2 and "different base" in err and "\n" not in err.strip()
+
+
+def _ask_for_code(folder, config_name: str, marker) -> None:
+    config = json.loads((folder / config_name).read_text())
+    config["auto_map"] = {"AutoTokenizer": ["evil.EvilTokenizer", None]}
+    (folder / config_name).write_text(json.dumps(config))
+    (folder / "evil.py").write_text(
+        f"import pathlib\npathlib.Path({str(marker)!r}).write_text('ran')\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "config_name", ["tokenizer_config.json", "config.json", "adapter_config.json"]
+)
+def test_folders_that_ask_to_run_code_are_refused_by_every_command(
+    trained_runs, task_files, tmp_path, config_name
+):
+    import shutil
+
+    from test_cli import cli
+
+    method = "full" if config_name == "config.json" else "lora"
+    run = tmp_path / "run"
+    shutil.copytree(trained_runs[method], run)
+    marker = tmp_path / "PWNED"
+    _ask_for_code(run, config_name, marker)
+    commands = [
+        ("predict", run, "--text", "好"),
+        ("evaluate", run, "--data", task_files[1]),
+        ("explain", run, "--text", "好"),
+        ("merge", run, "--out", tmp_path / "m"),
+        ("train", "--resume", "--out", run),
+    ]
+    for args in commands:
+        if method == "full" and args[0] == "merge":
+            continue
+        code, _, err = cli(*args, input="1\n好开心\nq\n")
+        assert code == 2 and "asks to run code from the folder" in err, (args, err)
+        assert config_name in err
+    from weibo_senti.errors import UserError
+    from weibo_senti.predict import SentimentClassifier
+
+    with pytest.raises(UserError, match="never runs code"):
+        SentimentClassifier.load(run)
+    assert not marker.exists()
+
+
+def test_a_base_folder_that_asks_to_run_code_is_refused(tiny_base, task_files, tmp_path):
+    import shutil
+
+    from test_cli import cli
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_base, base)
+    _ask_for_code(base, "config.json", tmp_path / "PWNED")
+    code, _, err = cli(
+        "train", "--data", task_files[0], "--base-model", base, "--out", tmp_path / "r"
+    )
+    assert code == 2 and "asks to run code" in err and not (tmp_path / "PWNED").exists()

@@ -30,6 +30,9 @@ def gpt2_small_config():
 def classifier_config(base: Path, tokenizer):
     from transformers import AutoConfig
 
+    from .runfolder import refuse_custom_code
+
+    refuse_custom_code(Path(base))
     return AutoConfig.from_pretrained(
         str(base),
         trust_remote_code=False,

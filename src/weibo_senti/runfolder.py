@@ -126,7 +126,32 @@ def read_info(run: str | Path) -> RunInfo:
         raise UserError(f"run folder {run} does not exist")
     if not run.is_dir():
         raise UserError(f"{run} is a file, not a run folder")
+    refuse_custom_code(run)
     return RunInfo.from_dict(read_json(run / INFO), run / INFO)
+
+
+CODE_POINTERS = ("config.json", "tokenizer_config.json", "adapter_config.json")
+
+
+def refuse_custom_code(folder: Path) -> None:
+    """A folder whose configs name Python code to import (``auto_map``) is refused: weibo-senti
+    never runs code from a folder, and a run or base of ours never needs any."""
+    for name in CODE_POINTERS:
+        path = Path(folder) / name
+        if not path.is_file():
+            continue
+        try:
+            config = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            continue  # reported as corrupt by whoever reads it
+        auto_map = config.get("auto_map") if isinstance(config, dict) else None
+        if auto_map:
+            target = next(iter(auto_map.values()), "")
+            target = target[0] if isinstance(target, list) else target
+            raise UserError(
+                f"{path} asks to run code from the folder (auto_map -> {target}); weibo-senti "
+                "never runs code from a folder: remove auto_map or use another folder"
+            )
 
 
 def write_info(run: Path, info: RunInfo) -> None:
@@ -206,6 +231,7 @@ def load_tokenizer(folder: str | Path, max_length: int | None = None):
     folder's saved rules apply (a run). Never runs code from the folder."""
     from transformers import AutoTokenizer
 
+    refuse_custom_code(Path(folder))
     kwargs = {"model_input_names": MODEL_INPUT_NAMES}
     if max_length is not None:
         kwargs["model_max_length"] = max_length
