@@ -229,3 +229,36 @@ def test_a_base_folder_that_asks_to_run_code_is_refused(tiny_base, task_files, t
         "train", "--data", task_files[0], "--base-model", base, "--out", tmp_path / "r"
     )
     assert code == 2 and "asks to run code" in err and not (tmp_path / "PWNED").exists()
+
+
+@pytest.mark.parametrize("method", ["lora", "adapter", "full"])
+def test_a_flipped_bit_or_a_swapped_tokenizer_is_named_on_load(trained_runs, tmp_path, method):
+    import shutil
+
+    from test_cli import cli
+
+    from weibo_senti.runfolder import SEALED_FILES, read_info
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_runs[method], run)
+    sealed = read_info(run).files
+    weights = "model.safetensors" if method == "full" else "adapter_model.safetensors"
+    assert weights in sealed and "tokenizer.json" in sealed and set(sealed) <= set(SEALED_FILES)
+    assert cli("predict", run, "--text", "好")[0] == 0
+    data = bytearray((run / weights).read_bytes())
+    data[-3] ^= 0x10  # one bit of one weight: still a valid safetensors file
+    (run / weights).write_bytes(bytes(data))
+    code, _, err = cli("predict", run, "--text", "好")
+    assert code == 2 and f"{weights} has changed since the run was saved" in err
+    shutil.copy2(trained_runs[method] / weights, run / weights)
+    # same size, another vocabulary: two tokens swapped
+    tok = json.loads((run / "tokenizer.json").read_text(encoding="utf-8"))
+    vocab = tok["model"]["vocab"]
+    a, b = "好", "差"
+    vocab[a], vocab[b] = vocab[b], vocab[a]
+    (run / "tokenizer.json").write_text(json.dumps(tok, ensure_ascii=False), encoding="utf-8")
+    code, _, err = cli("evaluate", run, "--data", run / "missing.csv")
+    assert code == 2 and "tokenizer.json has changed" in err
+    (run / "tokenizer.json").unlink()
+    code, _, err = cli("predict", run, "--text", "好")
+    assert code == 2 and "missing tokenizer.json" in err

@@ -9,6 +9,8 @@ so that weibo-senti and stock transformers/PEFT clients tokenize a post identica
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import json
 import logging
 import os
@@ -80,6 +82,7 @@ class RunInfo:
     all_params: int | None = None
     origin: dict = field(default_factory=dict)  # merged_from, combined_from, ... if any
     temperature: float = 1.0  # fitted on dev after training; already folded into the head
+    files: dict = field(default_factory=dict)  # SHA-256 of weights and tokenizer, when sealed
     weibo_senti_version: str = __version__
 
     def to_dict(self) -> dict:
@@ -127,7 +130,59 @@ def read_info(run: str | Path) -> RunInfo:
     if not run.is_dir():
         raise UserError(f"{run} is a file, not a run folder")
     refuse_custom_code(run)
-    return RunInfo.from_dict(read_json(run / INFO), run / INFO)
+    info = RunInfo.from_dict(read_json(run / INFO), run / INFO)
+    verify_files(run, info)
+    return info
+
+
+# What a prediction depends on: sealed (SHA-256 in run.json) when a run is complete.
+SEALED_FILES = (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    MODEL_CONFIG,
+    MODEL_WEIGHTS,
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "special_tokens_map.json",
+)
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    """Keyed on the file's identity, so a command that reads a run's record several times
+    hashes each file once."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sha256(path: Path) -> str:
+    st = path.stat()
+    return _sha256(str(path.resolve()), st.st_size, st.st_mtime_ns)
+
+
+def seal(folder: Path) -> None:
+    """Record the SHA-256 of every file a prediction depends on (once the folder is final)."""
+    info = RunInfo.from_dict(read_json(folder / INFO), folder / INFO)
+    info.files = {n: sha256(folder / n) for n in SEALED_FILES if (folder / n).is_file()}
+    write_info(folder, info)
+
+
+def verify_files(run: Path, info: RunInfo) -> None:
+    """A sealed file that is missing or changed is named in one line (bit flips, a swapped
+    tokenizer of the same size, a half-copied folder)."""
+    for name, digest in info.files.items():
+        path = run / name
+        if not path.is_file():
+            raise UserError(f"run folder {run} is missing {name} (recorded in {INFO})")
+        if sha256(path) != digest:
+            raise UserError(
+                f"{path} has changed since the run was saved (its SHA-256 differs from the one "
+                f"in {INFO}): restore it, or train again"
+            )
 
 
 CODE_POINTERS = ("config.json", "tokenizer_config.json", "adapter_config.json")
@@ -162,6 +217,7 @@ def mark_complete(run: Path) -> None:
     info = read_info(run)
     info.complete = True
     write_info(run, info)
+    seal(run)
 
 
 def read_json(path: Path) -> dict:
@@ -440,6 +496,7 @@ def staging_dir(out: Path, overwrite: bool) -> Path:
 
 
 def publish(staging: Path, out: Path) -> None:
+    seal(staging)
     replace_dir(staging, out)
 
 
