@@ -262,3 +262,55 @@ def test_a_flipped_bit_or_a_swapped_tokenizer_is_named_on_load(trained_runs, tmp
     (run / "tokenizer.json").unlink()
     code, _, err = cli("predict", run, "--text", "好")
     assert code == 2 and "missing tokenizer.json" in err
+
+
+def _unseal(run) -> None:
+    info = json.loads((run / "run.json").read_text())
+    info["files"] = {}  # these cases are about records as written, not about later changes
+    (run / "run.json").write_text(json.dumps(info))
+
+
+def _set_method(run, method: str) -> None:
+    info = json.loads((run / "run.json").read_text())
+    info["method"] = method
+    (run / "run.json").write_text(json.dumps(info))
+
+
+def _drop_size(run) -> None:
+    config = json.loads((run / "adapter_config.json").read_text())
+    del config["size"]
+    (run / "adapter_config.json").write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize(
+    "source, damage, message",
+    [
+        ("adapter", _drop_size, "adapter_config.json lacks size"),
+        ("lora", lambda run: _set_method(run, "prefix"), "unknown method 'prefix'"),
+        (
+            "adapter",
+            lambda run: _set_method(run, "lora"),
+            "is an adapter run's, but run.json says lora",
+        ),
+        (
+            "lora",
+            lambda run: _set_method(run, "adapter"),
+            "is a lora run's, but run.json says adapter",
+        ),
+    ],
+)
+def test_inconsistent_records_get_one_line(trained_runs, tmp_path, source, damage, message):
+    import shutil
+
+    from test_cli import cli
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_runs[source], run)
+    _unseal(run)
+    damage(run)
+    for args in (
+        ("predict", run, "--text", "好"),
+        ("merge", run, "--out", tmp_path / "m", "--export"),
+    ):
+        code, _, err = cli(*args)
+        assert code == 2 and message in err, (args, err)

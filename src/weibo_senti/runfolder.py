@@ -98,6 +98,11 @@ class RunInfo:
         for key in ("method", "base", "max_length", "pad_token_id"):
             if key not in raw:
                 raise UserError(f"{where} lacks '{key}': not a weibo-senti run folder")
+        if raw["method"] not in WEIGHT_FILES:
+            raise UserError(
+                f"{where}: unknown method {raw['method']!r} (weibo-senti writes "
+                f"{', '.join(WEIGHT_FILES)})"
+            )
         known = {f.name for f in dataclasses.fields(cls)}
         origin = {k: v for k, v in raw.items() if k not in known}  # older flat provenance keys
         values = {k: v for k, v in raw.items() if k in known}
@@ -391,8 +396,26 @@ def check_weights(run: Path, method: str) -> None:
     for name in WEIGHT_FILES[method]:
         if not (run / name).is_file():
             raise UserError(f"run folder {run} is missing {name}")
-    read_json(run / WEIGHT_FILES[method][0])
+    config = read_json(run / WEIGHT_FILES[method][0])
+    if method != "full":
+        check_adapter_config(run / ADAPTER_CONFIG, config, method)
     load_safetensors(run / WEIGHT_FILES[method][1])
+
+
+def check_adapter_config(path: Path, config: dict, method: str) -> None:
+    """adapter_config.json must be what run.json's method says, with what loading needs."""
+    kind = "lora" if config.get("peft_type") == "LORA" else None
+    kind = "adapter" if config.get("adapter_type") == "bottleneck" else kind
+    if kind != method:
+        article = "an" if kind == "adapter" else "a"
+        found = (
+            f"{article} {kind} run's" if kind else "neither a LoRA nor a bottleneck adapter config"
+        )
+        raise UserError(f"{path} is {found}, but {INFO} says {method}")
+    needed = ("size",) if method == "adapter" else ("r", "target_modules")
+    missing = [key for key in needed if key not in config]
+    if missing:
+        raise UserError(f"{path} lacks {', '.join(missing)}: not a usable {method} config")
 
 
 def read_lora(run: Path) -> dict:
@@ -403,7 +426,9 @@ def read_lora(run: Path) -> dict:
 
 def read_bottleneck(run: Path) -> tuple[dict, dict]:
     """(config, tensors) of a bottleneck adapter run."""
-    return read_json(run / ADAPTER_CONFIG), load_safetensors(run / ADAPTER_WEIGHTS)
+    config = read_json(run / ADAPTER_CONFIG)
+    check_adapter_config(run / ADAPTER_CONFIG, config, "adapter")
+    return config, load_safetensors(run / ADAPTER_WEIGHTS)
 
 
 def load_safetensors(path: Path) -> dict:
