@@ -45,6 +45,7 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 MODEL_CONFIG = "config.json"
 MODEL_WEIGHTS = "model.safetensors"
 BUNDLED_BASE = "base"  # `merge --export`: the base model's own files, inside the run
+LOCK = ".lock"  # an OS lock (flock) held while a training writes the folder
 WEIGHT_FILES = {
     "lora": (ADAPTER_CONFIG, ADAPTER_WEIGHTS),
     "adapter": (ADAPTER_CONFIG, ADAPTER_WEIGHTS),
@@ -456,22 +457,65 @@ def weights_size_mb(run: Path) -> float:
 
 
 # ---------------------------------------------------------------------------- new folders
+def run_entries() -> set[str]:
+    """Every name a run folder of ours can hold (weights, record, metrics, checkpoints...)."""
+    names = {n for files in WEIGHT_FILES.values() for n in files} | set(SEALED_FILES)
+    names |= {INFO, HYPERPARAMETERS, METRICS, EVAL_RESULTS, REPORT, CHECKPOINT, BUNDLED_BASE}
+    names |= {LOCK, CHECKPOINT + ".tmp", CHECKPOINT + ".old", ".best.tmp", ".tokenizer.tmp"}
+    return names
+
+
 def check_new(out: Path, overwrite: bool) -> None:
-    """Refuse, before any work, to train over a file or, without ``overwrite``, a run."""
+    """Refuse, before any work, to train over a file or, without ``overwrite``, a run; and
+    ``overwrite`` replaces only a run folder of ours, never a folder with anything else."""
     if out.exists() and not out.is_dir():
         raise UserError(f"{out} is a file; choose another --out")
-    if out.exists() and any(out.iterdir()) and not overwrite:
+    entries = [p.name for p in out.iterdir()] if out.is_dir() else []
+    if not [n for n in entries if n != LOCK]:
+        return
+    foreign = sorted(n for n in entries if n not in run_entries() and not n.endswith(".tmp"))
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (" ..." if len(foreign) > 3 else "")
+        raise UserError(
+            f"{out} holds files that are not a weibo-senti run's ({shown}); --out must be a new "
+            "folder or a run folder: choose another --out"
+        )
+    if not overwrite:
         raise UserError(
             f"{out} already holds a run: pass --resume to continue it, --overwrite to "
             "replace it, or choose another --out"
         )
 
 
-def prepare_new(out: Path, overwrite: bool) -> None:
-    """An empty folder for a new run; an existing run is replaced only with ``overwrite``."""
-    check_new(out, overwrite)
-    shutil.rmtree(out, ignore_errors=True)
+def lock_run(out: Path):
+    """Take the folder's OS lock (released when the process ends, however it ends); a second
+    writer — another training, a --resume, an --overwrite — gets one line instead of mixing
+    two runs in one folder."""
+    from filelock import FileLock, Timeout
+
     out.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(out / LOCK), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise UserError(
+            f"{out} is in use by another weibo-senti training; wait for it to end or choose "
+            "another --out"
+        ) from None
+    return lock
+
+
+def prepare_new(out: Path, overwrite: bool) -> None:
+    """An empty folder for a new run (the caller holds its lock); an existing run is replaced
+    only with ``overwrite``."""
+    check_new(out, overwrite)
+    for entry in out.iterdir():
+        if entry.name == LOCK:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
 
 
 def start_run(out: Path, info: RunInfo, tokenizer, hyperparameters: dict) -> None:
@@ -536,7 +580,7 @@ def save_model_folder(folder: Path, model, tokenizer, info: RunInfo) -> None:
 def copy_run_files(run: Path, folder: Path) -> None:
     """Every file of a run but its record (an exported run writes its own)."""
     for f in run.iterdir():
-        if f.is_file() and f.name != INFO:
+        if f.is_file() and f.name not in (INFO, LOCK):
             shutil.copy2(f, folder / f.name)
 
 

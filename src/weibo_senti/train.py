@@ -15,6 +15,7 @@ import contextlib
 import logging
 import math
 import random
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -86,10 +87,33 @@ def train(
             from .predict import SentimentClassifier
 
             return SentimentClassifier.load(cfg.out, precision="fp32", merge=False)
-        s = setup(cfg, resume, overwrite)
-        state = restore(s) if resume else begin(s)
-        fit(s, state, on_step)
-        return finish(s)
+        out = Path(cfg.out)
+        if resume and not out.is_dir():
+            raise UserError(f"{out} does not exist; nothing to resume")
+        if out.exists() and not out.is_dir():
+            raise UserError(f"{out} is a file; choose another --out")
+        created = not out.exists()
+        lock = runfolder.lock_run(out) if is_main_process() else None
+        try:
+            try:
+                s = setup(cfg, resume, overwrite)
+            except BaseException:
+                if created and lock is not None:  # a train that cannot start leaves nothing
+                    shutil.rmtree(out, ignore_errors=True)
+                raise
+            state = restore(s) if resume else begin(s)
+            fit(s, state, on_step)
+            return finish(s)
+        finally:
+            if lock is not None:
+                lock.release()
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun/accelerate launch (or the only process): the folder's writer."""
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
 
 
 @contextlib.contextmanager
