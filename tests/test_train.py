@@ -267,3 +267,50 @@ def test_emoticon_dropout_trains_on_stripped_posts_and_is_recorded(
     assert sum(bracket in ids for ids in trained_on) == 1  # only the emoticons-only post
     saved = yaml.safe_load((tmp_path / "r" / "hyperparameters.yaml").read_text())
     assert saved["emoticon_dropout"] == 1.0
+
+
+def _full_disk_in(monkeypatch, target: str, error: Exception) -> None:
+    """The save ``target`` (a runfolder function) fails as on a full disk, after it has begun
+    writing its staging folder."""
+    from weibo_senti import runfolder
+
+    original = getattr(runfolder, target)
+
+    def failing(out, *args, **kw):
+        runfolder.checkpoint_staging(out).mkdir(exist_ok=True)
+        (runfolder.checkpoint_staging(out) / "half-written").write_bytes(b"\0" * 10)
+        raise error
+
+    monkeypatch.setattr(runfolder, target, failing)
+    return original
+
+
+@pytest.mark.parametrize(
+    "target, error",
+    [
+        ("commit_checkpoint", OSError(28, "No space left on device")),
+        (
+            "save_best",
+            RuntimeError(  # how safetensors reports it (its SafetensorError is Rust's text)
+                'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No '
+                'space left on device" })'
+            ),
+        ),
+    ],
+)
+def test_a_full_disk_gets_one_line_and_the_run_resumes(
+    tiny_base, task_files, tmp_path, monkeypatch, target, error
+):
+    from weibo_senti import runfolder
+
+    out = tmp_path / "r"
+    cfg = train_config("lora", tiny_base, *task_files, out, epochs=2)
+    original = _full_disk_in(monkeypatch, target, error)
+    with pytest.raises(UserError, match="disk full while writing .*--resume --out"):
+        train(cfg)
+    assert not (out / "checkpoint.tmp").exists() and not (out / ".best.tmp").exists()
+    monkeypatch.setattr(runfolder, target, original)
+    resumed = (
+        train(cfg, resume=True) if (out / "checkpoint").exists() else train(cfg, overwrite=True)
+    )
+    assert runfolder.read_info(resumed.run).complete

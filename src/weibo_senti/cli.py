@@ -539,6 +539,13 @@ def main() -> None:
     except UserError as e:
         typer.echo(f"error: {e}", err=True)
         sys.exit(2)
+    except OSError as e:  # a full disk is the user's to fix: one line, not a traceback
+        from .runfolder import is_disk_full
+
+        if not is_disk_full(e):
+            raise
+        typer.echo(f"error: disk full: {e.filename or ''} {e.strerror}".strip(), err=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":  # `accelerate launch -m weibo_senti.cli train ...`

@@ -641,6 +641,22 @@ def checkpoint_weight_names(folder: Path) -> set[str]:
     return set(load_safetensors(folder / "model.safetensors"))
 
 
+def is_disk_full(error: BaseException) -> bool:
+    """ENOSPC/EDQUOT from Python, or safetensors' Rust error that carries it as text."""
+    import errno
+
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(error)
+    return "No space left on device" in text or "StorageFull" in text
+
+
+def drop_staging(out: Path) -> None:
+    """Half-written staging folders (a failed save): the last committed state stays."""
+    for name in (CHECKPOINT + ".tmp", ".best.tmp", ".tokenizer.tmp"):
+        shutil.rmtree(out / name, ignore_errors=True)
+
+
 def commit_checkpoint(out: Path, staging: Path, progress: dict) -> None:
     """Progress last: a staging folder without it is never taken for a checkpoint."""
     write_json(staging / CHECKPOINT_STATE, progress)

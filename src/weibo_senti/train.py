@@ -101,9 +101,19 @@ def train(
                 if created and lock is not None:  # a train that cannot start leaves nothing
                     shutil.rmtree(out, ignore_errors=True)
                 raise
-            state = restore(s) if resume else begin(s)
-            fit(s, state, on_step)
-            return finish(s)
+            try:
+                state = restore(s) if resume else begin(s)
+                fit(s, state, on_step)
+                return finish(s)
+            except Exception as e:
+                if not runfolder.is_disk_full(e):
+                    raise
+                if s.main:
+                    runfolder.drop_staging(out)
+                raise UserError(
+                    f"disk full while writing {out}; the last checkpoint is intact: free some "
+                    f"space, then continue with: weibo-senti train --resume --out {out}"
+                ) from None
         finally:
             if lock is not None:
                 lock.release()
