@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import io
 import json
 import logging
 import re
@@ -36,6 +37,8 @@ class Examples:
     source: str = ""
     # read_texts: every input column in file order, text column included, values as read
     columns: dict[str, list] = field(default_factory=dict)
+    rows_read: int = 0  # data rows in the file; = len(texts) + what was skipped
+    skipped: dict[str, list[int]] = field(default_factory=dict)  # reason -> line numbers
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -120,7 +123,9 @@ def _rows(text: str, path: Path):
     """Yield (line_number, dict or None-if-unparsable, header) for CSV/TSV/JSONL text."""
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".json", ".ndjson"):
-        for n, line in enumerate(text.splitlines(), start=1):
+        # Only \n ends a JSON line: str.splitlines would also split on U+2028, \x1c, ...
+        # which JSON strings may hold raw.
+        for n, line in enumerate(text.split("\n"), start=1):
             if not line.strip():
                 continue
             try:
@@ -142,7 +147,9 @@ def _rows(text: str, path: Path):
 
 
 def _csv_rows(text: str, path: Path, delimiter: str):
-    lines = text.splitlines(keepends=True)
+    # The csv module's own line rules (\r\n, \r, \n); str.splitlines would also break at
+    # U+2028, \x1c-\x1e, \x85, which csv does not quote.
+    lines = io.StringIO(text, newline="").readlines()
     reader = csv.reader(lines, delimiter=delimiter)
     try:
         header = [h.strip() for h in next(reader)]
@@ -261,7 +268,8 @@ def read_labelled(
     if not texts:
         raise UserError(f"{path}: no usable rows ({_describe(bad, total)})")
     _warn_bad(path, bad, total)
-    return Examples(texts, labels, str(path))
+    skipped = {reason: lines for reason, lines in bad.items() if lines}
+    return Examples(texts, labels, str(path), rows_read=total, skipped=skipped)
 
 
 def read_texts(
@@ -271,8 +279,11 @@ def read_texts(
     path = Path(path)
     if path.suffix.lower() == ".txt":
         require_file(path, "input file")
-        lines = decode(path.read_bytes(), path, encoding).splitlines()
-        return Examples(lines, None, str(path), {"text": lines})
+        text = decode(path.read_bytes(), path, encoding)
+        lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+        if lines and lines[-1] == "":
+            lines.pop()  # the last line's newline ends it; it does not start another
+        return Examples(lines, None, str(path), {"text": lines}, rows_read=len(lines))
     records, header = [], None
     for n, rec, head in _records(path, encoding):
         records.append((n, rec))
@@ -301,7 +312,7 @@ def read_texts(
             len(bad),
             ", ".join(map(str, bad[:5])),
         )
-    return Examples(texts, None, str(path), kept)
+    return Examples(texts, None, str(path), kept, rows_read=len(records))
 
 
 def _pick_text_column(path: Path, columns: list[str], wanted: str) -> str:
