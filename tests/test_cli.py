@@ -366,3 +366,49 @@ def test_fast_inference_paths_agree_with_fp32(cli_runs, task_files, method, prec
     assert np.abs(ref - fast).max() < 0.3
     code, out, _ = cli("predict", cli_runs[method], "--text", POS, "--precision", precision)
     assert code == 0 and "正面" in out
+
+
+def test_predict_never_overwrites_a_file_without_a_word(cli_runs, tmp_path):
+    inp = tmp_path / "in.csv"
+    inp.write_text("review\n好\n", encoding="utf-8")
+    code, _, err = cli("predict", cli_runs["lora"], "--input", inp, "--output", inp)
+    assert code == 2 and "is the input file" in err
+    assert inp.read_text(encoding="utf-8") == "review\n好\n"
+    out = tmp_path / "out.csv"
+    out.write_text("precious", encoding="utf-8")
+    code, _, err = cli("predict", cli_runs["lora"], "--input", inp, "--output", out)
+    assert code == 2 and "pass --overwrite" in err and out.read_text() == "precious"
+    args = ("predict", cli_runs["lora"], "--input", inp, "--output", out, "--overwrite")
+    assert cli(*args)[0] == 0 and "pred_label" in out.read_text(encoding="utf-8")
+
+
+def test_jsonl_keys_of_any_row_and_a_header_without_rows_are_kept(cli_runs, tmp_path):
+    jl = tmp_path / "in.jsonl"
+    jl.write_text('{"review": "好", "label": 1}\n{"review": "差", "label": 0, "extra": "x"}\n')
+    out = tmp_path / "o.csv"
+    assert cli("predict", cli_runs["lora"], "--input", jl, "--output", out)[0] == 0
+    rows = list(csv.DictReader(io.StringIO(out.read_text(encoding="utf-8"))))
+    assert [r["extra"] for r in rows] == ["", "x"] and rows[1]["label"] == "0"
+    empty = tmp_path / "header.csv"
+    empty.write_text("id,label,review\n", encoding="utf-8")
+    out = tmp_path / "h.csv"
+    assert cli("predict", cli_runs["lora"], "--input", empty, "--output", out)[0] == 0
+    header = out.read_text(encoding="utf-8").splitlines()[0].split(",")
+    assert header[:3] == ["id", "label", "review"] and "pred_label" in header
+    blank = tmp_path / "blank.txt"
+    blank.write_text("", encoding="utf-8")
+    code, _, err = cli("predict", cli_runs["lora"], "--input", blank)
+    assert code == 2 and "is empty" in err
+
+
+def test_explain_png_and_truncation_are_said_in_one_line(cli_runs, tmp_path):
+    pytest.importorskip("captum", reason="explain needs the [explain] extra")
+    code, _, err = cli("explain", cli_runs["full"], "--text", "好", "--png", tmp_path)
+    assert code == 2 and "--png must name a .png file" in err
+    folder = tmp_path / "x.png"
+    folder.mkdir()
+    code, _, err = cli("explain", cli_runs["full"], "--text", "好", "--png", folder)
+    assert code == 2 and "is a directory" in err
+    code, out, err = cli("explain", cli_runs["full"], "--text", "好" * 300)
+    assert code == 0, err
+    assert "the post was cut" in out and "steps)" in out

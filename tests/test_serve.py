@@ -247,6 +247,7 @@ def test_explain_answers_what_explain_gives_in_process(client, clf):
         ({"text": "   "}, 400, "empty"),
         ({"text": "好", "steps": 0}, 422, "invalid request"),
         ({"texts": ["好"]}, 422, "invalid request"),
+        ({"text": "好", "adaptor": "weibo"}, 422, "invalid request"),
     ],
 )
 def test_bad_explain_requests_get_clear_json(client, payload, status, message):
@@ -254,3 +255,8 @@ def test_bad_explain_requests_get_clear_json(client, payload, status, message):
     r = client.post("/v1/explain", json=payload)
     assert r.status_code == status and message in r.json()["error"]
     assert client.post("/v1/predict", json={"texts": [POS]}).status_code == 200
+
+
+def test_unknown_fields_are_refused_not_ignored(client):
+    r = client.post("/v1/predict", json={"texts": [POS], "adaptor": "bottleneck"})
+    assert r.status_code == 422 and r.json()["details"][0]["field"] == "adaptor"

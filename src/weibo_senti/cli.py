@@ -237,6 +237,7 @@ def predict(
     prefix: Annotated[
         str, Opt(help="Names of the columns --input adds: PREFIX+label, +score, +p_positive, ...")
     ] = "pred_",
+    overwrite: Annotated[bool, Opt(help="Replace an existing --output file")] = False,
 ):
     """Classify texts: an interactive console, --text one-shot, or --input batch files."""
     from .predict import console, format_console, load_classifier, predict_file, serialize
@@ -245,6 +246,10 @@ def predict(
         raise UserError("--output needs --input")
     if output is not None:
         serialize([], output)  # refuse a bad suffix before the model loads
+        if output.exists() and input.exists() and output.resolve() == input.resolve():
+            raise UserError(f"--output {output} is the input file: write the predictions elsewhere")
+        if output.is_file() and not overwrite:
+            raise UserError(f"{output} exists; pass --overwrite to replace it")
     clf = load_classifier(run, adapter, base_model, precision)
     if use:
         clf.use(use)
@@ -288,6 +293,10 @@ def explain(
     need_extra("captum", "explain", "explain")
     if png is not None:
         need_extra("matplotlib", "compare", "explain --png")
+        if png.suffix.lower() != ".png":
+            raise UserError(f"--png must name a .png file, not {png.name}")
+        if png.is_dir():
+            raise UserError(f"--png {png} is a directory; give a file name")
     from .explain import explain as explain_post
     from .explain import render_console, summary_lines
     from .predict import load_classifier
@@ -299,7 +308,7 @@ def explain(
         clf.use(use)
     from rich.console import Console
 
-    out = Console(highlight=False)
+    out = Console(highlight=False, soft_wrap=True)  # no hard breaks when piped
     done = []
     for post in text:
         done.append(explain_post(clf, post, steps=steps))

@@ -214,16 +214,18 @@ def require_file(path: Path, what: str = "data file") -> None:
         raise UserError(f"{what} {path} does not exist")
 
 
-def _records(path: Path, encoding: str | None):
+def _records(path: Path, encoding: str | None) -> tuple[list[str] | None, list]:
+    """(header or None for JSONL, [(line number, record or None if unparsable)])."""
     path = Path(path)
     require_file(path)
     text = decode(path.read_bytes(), path, encoding)
-    header = None
+    header, records = None, []
     for n, rec in _rows(text, path):
         if n == 0:
             header = rec
-            continue
-        yield n, rec, header
+        else:
+            records.append((n, rec))
+    return header, records
 
 
 def read_labelled(
@@ -238,9 +240,10 @@ def read_labelled(
     bad: dict[str, list[int]] = {"unparsable": [], "empty text": [], "label not 0/1": []}
     bad_values: dict[str, int] = {}
     total = 0
-    for n, rec, header in _records(path, encoding):
-        if header is not None and total == 0:
-            _require_columns(path, header, [text_column, label_column])
+    header, records = _records(path, encoding)
+    if header is not None:
+        _require_columns(path, header, [text_column, label_column])
+    for n, rec in records:
         total += 1
         if rec is None:
             bad["unparsable"].append(n)
@@ -283,12 +286,12 @@ def read_texts(
         lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
         if lines and lines[-1] == "":
             lines.pop()  # the last line's newline ends it; it does not start another
+        if not lines:
+            raise UserError(f"{path} is empty")
         return Examples(lines, None, str(path), {"text": lines}, rows_read=len(lines))
-    records, header = [], None
-    for n, rec, head in _records(path, encoding):
-        records.append((n, rec))
-        header = head
-    columns = header or next((list(r) for _, r in records if r), [text_column])
+    header, records = _records(path, encoding)
+    # JSONL has no header: every key any row has, in order of first appearance
+    columns = header or list(dict.fromkeys(k for _, r in records if r for k in r)) or [text_column]
     column = _pick_text_column(path, columns, text_column)
     values = [r.get(column) for _, r in records if r is not None]
     if column == "label" or (values and all(_parse_label(v) is not None for v in values)):

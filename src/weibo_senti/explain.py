@@ -155,13 +155,30 @@ def render_console(ex: Explanation):
     return out
 
 
-def summary_lines(ex: Explanation, top: int = 5) -> list[str]:
-    ranked = sorted(ex.tokens, key=lambda t: -abs(t[1]))[:top]
-    words = ", ".join(f"{tok} {value:+.3f}" for tok, value in ranked)
-    return [
-        f"label: {ex.label} (p={ex.score:.4f}); scores push toward '{ex.toward}' when positive",
-        f"strongest tokens: {words}",
+def summary_lines(ex: Explanation, top: int = 5, tolerance: float = 0.05) -> list[str]:
+    words = [
+        (t, v) for t, v in ex.tokens if not (t.startswith("[") and t.endswith("]") and len(t) > 2)
+    ]
+    special = sum(v for t, v in ex.tokens if (t, v) not in words)
+    ranked = sorted(words, key=lambda t: -abs(t[1]))[:top]
+    lines = [
+        f"label: {ex.label} (p={ex.score:.4f}); green/positive scores pushed toward "
+        f"'{ex.toward}', red/negative away from it",
+        "strongest tokens: "
+        + ", ".join(f"{tok} {value:+.3f}" for tok, value in ranked)
+        + f"; [CLS]/[SEP] together {special:+.3f}",
+    ]
+    if ex.truncated:
+        lines.append(
+            f"note: the post was cut to the model's max length: only its first {len(ex.text)} "
+            "characters were read (shown above)"
+        )
+    gap = f"{100 * ex.completeness_gap:.2f}%"
+    lines.append(
         f"completeness: attributions sum {ex.attribution_sum:+.4f}, logit difference "
         f"{ex.logit_difference:+.4f} minus baseline {ex.baseline_difference:+.4f} "
-        f"= {ex.logit_difference - ex.baseline_difference:+.4f} (gap {100 * ex.completeness_gap:.2f}%)",
-    ]
+        f"= {ex.logit_difference - ex.baseline_difference:+.4f} (gap {gap}, {ex.steps} steps)"
+    )
+    if ex.completeness_gap > tolerance:
+        lines.append(f"warning: the attributions are not complete (gap {gap} > 5%): read with care")
+    return lines

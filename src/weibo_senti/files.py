@@ -13,6 +13,10 @@ from pathlib import Path
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
     """Call ``write(tmp_path)`` and then rename the finished file onto ``path``."""
     path = Path(path)
+    if path.is_dir():
+        from .errors import UserError
+
+        raise UserError(f"{path} is a directory; give a file name to write")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
     # Created exclusively with 0o666 so the umask gives it normal permissions (mkstemp: 0600).

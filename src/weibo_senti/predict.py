@@ -369,18 +369,21 @@ def predict_file(
         row.update(zip(added, values))
         rows.append(row)
     if output is not None:
-        atomic_write(output, lambda tmp: tmp.write_text(serialize(rows, output), encoding="utf-8"))
+        header = [*examples.columns, *added]  # also for a file with a header and no rows
+        text = serialize(rows, output, header)
+        atomic_write(output, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     return rows
 
 
-def serialize(rows: list[dict], path: Path) -> str:
+def serialize(rows: list[dict], path: Path, header: list[str] | None = None) -> str:
     if path.suffix.lower() in (".jsonl", ".json", ".ndjson"):
         return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     if path.suffix.lower() not in (".csv", ".tsv"):
         raise UserError(f"--output must end in .csv, .tsv or .jsonl, not {path.name}")
     buf = io.StringIO()
     delim = "\t" if path.suffix.lower() == ".tsv" else ","
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["text"], delimiter=delim)
+    fields = header or (list(rows[0]) if rows else ["text"])
+    writer = csv.DictWriter(buf, fieldnames=fields, delimiter=delim)
     writer.writeheader()
     writer.writerows(rows)
     return buf.getvalue()

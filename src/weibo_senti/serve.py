@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 from importlib import resources
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .errors import UserError
 
@@ -30,6 +30,8 @@ def valid_unicode(text: str) -> str:
 
 
 class PredictRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt "adaptor" must not be ignored
+
     texts: list[str] = Field(min_length=1, max_length=MAX_TEXTS, description="1 to 256 posts")
     adapter: str | None = Field(None, description="adapter name (default: the active one)")
 
@@ -45,9 +47,11 @@ class PredictRequest(BaseModel):
 
 
 class ExplainRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     text: str = Field(min_length=1, description="one post")
     adapter: str | None = Field(None, description="adapter name (default: the active one)")
-    steps: int = Field(64, ge=1, le=1024, description="integration steps to start with")
+    steps: int = Field(64, ge=1, le=2048, description="integration steps to start with")
 
     @field_validator("text")
     @classmethod
