@@ -409,6 +409,8 @@ def test_explain_png_and_truncation_are_said_in_one_line(cli_runs, tmp_path):
     folder.mkdir()
     code, _, err = cli("explain", cli_runs["full"], "--text", "好", "--png", folder)
     assert code == 2 and "is a directory" in err
-    code, out, err = cli("explain", cli_runs["full"], "--text", "好" * 300)
+    png = tmp_path / "why.png"
+    code, out, err = cli("explain", cli_runs["full"], "--text", "好" * 300, "--png", png)
     assert code == 0, err
     assert "the post was cut" in out and "steps)" in out
+    assert png.read_bytes()[:4] == b"\x89PNG"

@@ -60,3 +60,26 @@ def test_long_posts_are_explained_as_the_model_read_them(trained_runs):
     ex = explain(clf, "好" * 500)
     assert ex.truncated and 0 < len(ex.chars) < 500
     assert ex.completeness_gap <= 0.05
+
+
+def test_long_posts_wrap_in_the_figure(tmp_path):
+    pytest.importorskip("matplotlib", reason="figures need the [compare] extra")
+    from PIL import Image
+
+    from weibo_senti.explain import Explanation
+    from weibo_senti.report import plot_explanations
+
+    def fake(n):
+        chars = [("好", (-1) ** i * 0.1) for i in range(n)]
+        return Explanation(
+            "好" * n, "positive", 0.9, "positive", chars, [], 1.0, 0.0, 1.0, 0.0, False
+        )
+
+    sizes = {}
+    for n in (10, 300):
+        png = tmp_path / f"{n}.png"
+        plot_explanations([fake(n)], ["run"], png)
+        with Image.open(png) as image:
+            sizes[n] = image.size
+    assert sizes[300][0] <= sizes[10][0] * 4.5  # 40 characters a line at most
+    assert sizes[300][1] > 3 * sizes[10][1] * 0.8  # 8 lines instead of one

@@ -161,28 +161,33 @@ def cjk_font():
     return None
 
 
-def plot_explanations(explanations: list, titles: list[str], out: Path) -> Path:
-    """One row per explanation: every character on a background green (toward the second
-    label) or red (toward the first), as deep as its share of the row's largest attribution."""
-    font = cjk_font()
-    width = max(len(ex.chars) for ex in explanations)
+def plot_explanations(explanations: list, titles: list[str], out: Path, per_line: int = 40) -> Path:
+    """One panel per explanation: every character on a background green (toward the second
+    label) or red (toward the first), as deep as its share of the panel's largest attribution;
+    long posts wrap every ``per_line`` characters."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(max(6, 0.42 * width), 1.25 * len(explanations)))
-    axes = fig.subplots(len(explanations), 1, squeeze=False)[:, 0]
-    for ax, ex, title in zip(axes, explanations, titles):
+    font = cjk_font()
+    rows = [max(1, -(-len(ex.chars) // per_line)) for ex in explanations]
+    width = min(per_line, max(len(ex.chars) for ex in explanations))
+    fig = Figure(figsize=(max(6, 0.42 * width), 0.55 + 0.9 * sum(rows) + 0.35 * len(rows)))
+    axes = fig.subplots(len(explanations), 1, squeeze=False, height_ratios=rows)[:, 0]
+    for ax, ex, title, n_rows in zip(axes, explanations, titles, rows):
         peak = max((abs(v) for _, v in ex.chars), default=0.0) or 1.0
         for i, (char, value) in enumerate(ex.chars):
+            x, y = i % per_line, n_rows - 1 - i // per_line
             alpha = 0.85 * min(1.0, abs(value) / peak)
             colour = (0.18, 0.62, 0.36, alpha) if value > 0 else (0.85, 0.33, 0.31, alpha)
-            ax.add_patch(_rectangle((i, 0), 1, 1, colour))
-            ax.text(i + 0.5, 0.45, char, ha="center", va="center", fontproperties=font)
-        ax.set(xlim=(0, width), ylim=(0, 1))
+            ax.add_patch(_rectangle((x, y), 1, 1, colour))
+            ax.text(x + 0.5, y + 0.45, char, ha="center", va="center", fontproperties=font)
+        ax.set(xlim=(0, width), ylim=(0, n_rows))
         ax.axis("off")
         small = font.copy() if font is not None else None
         if small is not None:
             small.set_size(10)
-        ax.set_title(f"{title}: {ex.label} (p={ex.score:.3f})", loc="left", fontproperties=small)
+        cut = " (cut at the max length)" if ex.truncated else ""
+        label = f"{title}: {ex.label} (p={ex.score:.3f}){cut}"
+        ax.set_title(label, loc="left", fontproperties=small)
     save_figure(fig, out)
     return out
 
