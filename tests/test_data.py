@@ -123,7 +123,7 @@ def test_read_texts_keeps_every_row_in_order(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="weibo_senti"):
         ex = read_texts(csv_path)
     assert ex.texts == ["好", "", ""]
-    assert ex.columns == {"id": ["7", "8", None], "review": ["好", "", None]}
+    assert ex.columns == {"id": ["7", "8", "9"], "review": ["好", "", "x"]}  # ragged: cells kept
     assert "1 unparsable" in caplog.text
     jl = tmp_path / "p.jsonl"
     jl.write_text('{"text": "好", "k": 1}\nnot json\n{"text": "差", "k": 2}\n', encoding="utf-8")

@@ -146,6 +146,11 @@ def _rows(text: str, path: Path):
     yield from rows
 
 
+class RaggedRow(dict):
+    """A CSV row with more or fewer cells than the header: not read as a text (which cell
+    would it be?), but its cells, matched to the header from the left, are kept."""
+
+
 def _csv_rows(text: str, path: Path, delimiter: str):
     # The csv module's own line rules (\r\n, \r, \n); str.splitlines would also break at
     # U+2028, \x1c-\x1e, \x85, which csv does not quote.
@@ -172,8 +177,12 @@ def _csv_rows(text: str, path: Path, delimiter: str):
         if row is not None and not any(cell.strip() for cell in row):
             start = reader.line_num + 1
             continue  # blank line
-        ok = row is not None and len(row) == len(header)
-        yield start, dict(zip(header, row)) if ok else None
+        if row is None:
+            yield start, None
+        elif len(row) == len(header):
+            yield start, dict(zip(header, row))
+        else:  # unparsable, but its cells are kept for the output (predict --input)
+            yield start, RaggedRow(zip(header, row))
         start = reader.line_num + 1
     if spanning:
         log.warning(
@@ -245,7 +254,7 @@ def read_labelled(
         _require_columns(path, header, [text_column, label_column])
     for n, rec in records:
         total += 1
-        if rec is None:
+        if rec is None or isinstance(rec, RaggedRow):
             bad["unparsable"].append(n)
             continue
         if text_column not in rec or label_column not in rec:
@@ -302,7 +311,8 @@ def read_texts(
     kept = {c: [] for c in columns}
     texts, bad = [], []
     for n, rec in records:
-        ok = rec is not None and isinstance(rec.get(column), str)
+        ok = isinstance(rec, dict) and not isinstance(rec, RaggedRow)
+        ok = ok and isinstance(rec.get(column), str)
         texts.append(rec[column] if ok else "")
         if not ok:
             bad.append(n)
