@@ -314,3 +314,24 @@ def test_inconsistent_records_get_one_line(trained_runs, tmp_path, source, damag
     ):
         code, _, err = cli(*args)
         assert code == 2 and message in err, (args, err)
+
+
+def test_a_base_of_the_same_shape_with_other_weights_is_refused(trained_runs, tiny_base, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+    from test_cli import cli
+
+    from weibo_senti.runfolder import read_info
+
+    assert read_info(trained_runs["lora"]).base.fingerprint["weights_sha256"]
+    other = tmp_path / "other-base"
+    shutil.copytree(tiny_base, other)
+    weights = next(other.glob("*.safetensors"))
+    tensors = load_file(str(weights))
+    name = next(iter(tensors))
+    tensors[name] = tensors[name] + 0.01  # same shape, other weights
+    save_file(tensors, str(weights), metadata={"format": "pt"})
+    code, _, err = cli("predict", trained_runs["lora"], "--base-model", other, "--text", "好")
+    assert code == 2 and "right shape but other weights" in err
+    assert cli("predict", trained_runs["lora"], "--base-model", tiny_base, "--text", "好")[0] == 0

@@ -107,7 +107,7 @@ def _load_for_combination(runs: list[Path], infos, base_model: str | None):
     from . import modeling
 
     for r, info in zip(runs[1:], infos[1:]):
-        if info.base.fingerprint != infos[0].base.fingerprint:
+        if not runfolder.same_base(info.base.fingerprint, infos[0].base.fingerprint):
             raise UserError(f"{r} was trained on a different base than {runs[0]}")
     base = runfolder.resolve_base(runs[0], infos[0], base_model)
     tokenizer = runfolder.run_tokenizer(runs[0], infos[0])

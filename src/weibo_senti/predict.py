@@ -107,7 +107,7 @@ class SentimentClassifier:
         run = Path(run)
         info = runfolder.read_info(run)
         mine = self.info.base.fingerprint
-        if info.base.fingerprint and mine and info.base.fingerprint != mine:
+        if info.base.fingerprint and mine and not runfolder.same_base(info.base.fingerprint, mine):
             raise UserError(
                 f"{run} was trained on a different base ({info.base.fingerprint}) than the "
                 f"loaded one ({mine})"

@@ -125,8 +125,27 @@ def fingerprint(config) -> dict:
     }
 
 
+def base_weights_sha256(folder: Path) -> str | None:
+    """One digest over the base's weight files (safetensors if it has any, else .bin): a base
+    of the same shape with other weights would make an adapter's answers garbage."""
+    folder = Path(folder)
+    files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(f"{f.name}:{sha256(f)}".encode())
+    return digest.hexdigest()
+
+
 def base_ref(name: str, folder: Path, config) -> BaseRef:
-    return BaseRef(name=name, path=str(Path(folder).resolve()), fingerprint=fingerprint(config))
+    found = {**fingerprint(config), "weights_sha256": base_weights_sha256(folder)}
+    return BaseRef(name=name, path=str(Path(folder).resolve()), fingerprint=found)
+
+
+def same_base(recorded: dict, other: dict) -> bool:
+    """Fingerprints agree on every key both have (runs recorded before a key existed lack it)."""
+    return all(recorded[k] == other[k] for k in recorded.keys() & other.keys())
 
 
 def read_info(run: str | Path) -> RunInfo:
@@ -282,8 +301,11 @@ def _fingerprint_mismatch(info: RunInfo, folder: Path) -> str:
     except Exception as e:  # corrupt or foreign config.json
         return f"(unreadable config.json: {str(e).splitlines()[0][:120]})"
     found = fingerprint(config)
-    if info.base.fingerprint and found != info.base.fingerprint:
-        return f"is another model ({found}; the run needs {info.base.fingerprint})"
+    recorded = info.base.fingerprint
+    if recorded and not same_base(recorded, found):
+        return f"is another model ({found}; the run needs {recorded})"
+    if recorded.get("weights_sha256") and base_weights_sha256(folder) != recorded["weights_sha256"]:
+        return "has the right shape but other weights than the run was trained on"
     return ""
 
 
