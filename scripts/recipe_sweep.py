@@ -19,16 +19,13 @@ from pathlib import Path
 
 from weibo_senti import TrainConfig
 from weibo_senti.cli import configure_process
+from weibo_senti.compare import human_sets
 from weibo_senti.evaluate import evaluate
 from weibo_senti.files import write_json, write_text
 from weibo_senti.train import train
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
-HUMAN = {  # labelled by people, not by emoticons
-    "weibo2018": "data/weibo2018/train.csv",
-    "smp2020": "data/smp2020_usual/eval.csv",
-    "nlpcc": "data/nlpcc_emotion/binary.csv",
-}
+HUMAN = human_sets(SHARED / "data")  # labelled by people, not by emoticons
 SETS = ("dev", "dev_stripped", *HUMAN)
 KNOBS = ("method", "emoticon_dropout", "lr", "lora_r", "epochs", "seed")
 
@@ -38,7 +35,7 @@ def measure(cfg: TrainConfig) -> dict:
     clf = train(cfg, overwrite=True)
     row = {"train_seconds": round(time.perf_counter() - t0, 1)}
     paths = {"dev": cfg.dev_data, "dev_stripped": cfg.dev_data}
-    paths.update({name: SHARED / path for name, path in HUMAN.items()})
+    paths.update(HUMAN)
     for name, path in paths.items():
         m = evaluate(clf, path, strip=name == "dev_stripped")
         row[name] = m["accuracy"]

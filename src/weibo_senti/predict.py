@@ -236,12 +236,19 @@ class SentimentClassifier:
         return out
 
 
+def is_valid_unicode(text: str) -> bool:
+    """False for lone surrogates (undecodable bytes in argv, \\ud800 in JSON): no tokenizer
+    can encode them."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def check_unicode(texts: list[str]) -> None:
-    """Lone surrogates (undecodable bytes in argv, \\ud800 in JSON) cannot be tokenized."""
     for i, text in enumerate(texts):
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
+        if not is_valid_unicode(text):
             shown = text.encode("utf-8", "backslashreplace").decode("ascii", "replace")[:40]
             raise UserError(
                 f"text {i + 1} is not valid Unicode ({shown!r}): check the terminal's or the "

@@ -168,6 +168,9 @@ def plot_explanations(explanations: list, titles: list[str], out: Path, per_line
     from matplotlib.figure import Figure
 
     font = cjk_font()
+    small = font.copy() if font is not None else None
+    if small is not None:
+        small.set_size(10)
     rows = [max(1, -(-len(ex.chars) // per_line)) for ex in explanations]
     width = min(per_line, max(len(ex.chars) for ex in explanations))
     fig = Figure(figsize=(max(6, 0.42 * width), 0.55 + 0.9 * sum(rows) + 0.35 * len(rows)))
@@ -182,9 +185,6 @@ def plot_explanations(explanations: list, titles: list[str], out: Path, per_line
             ax.text(x + 0.5, y + 0.45, char, ha="center", va="center", fontproperties=font)
         ax.set(xlim=(0, width), ylim=(0, n_rows))
         ax.axis("off")
-        small = font.copy() if font is not None else None
-        if small is not None:
-            small.set_size(10)
         cut = " (cut at the max length)" if ex.truncated else ""
         label = f"{title}: {ex.label} (p={ex.score:.3f}){cut}"
         ax.set_title(label, loc="left", fontproperties=small)

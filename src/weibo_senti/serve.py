@@ -13,20 +13,14 @@ from importlib import resources
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .errors import UserError
+from .predict import is_valid_unicode
 
 log = logging.getLogger("weibo_senti.serve")
 MAX_TEXTS = 256
 MAX_BODY = 1 << 20
 
 
-def valid_unicode(text: str) -> str:
-    """JSON may carry lone surrogates (\\ud800) that no tokenizer can encode: refuse them here,
-    per request, before they reach a batch shared with other requests."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("not valid Unicode (a lone surrogate such as \\ud800)") from None
-    return text
+INVALID_UNICODE = "not valid Unicode (a lone surrogate such as \\ud800)"
 
 
 class PredictRequest(BaseModel):
@@ -38,11 +32,10 @@ class PredictRequest(BaseModel):
     @field_validator("texts")
     @classmethod
     def _unicode(cls, texts: list[str]) -> list[str]:
+        # refused per request, before they reach a batch shared with other requests
         for i, text in enumerate(texts):
-            try:
-                valid_unicode(text)
-            except ValueError as e:
-                raise ValueError(f"text {i} is {e}") from None
+            if not is_valid_unicode(text):
+                raise ValueError(f"text {i} is {INVALID_UNICODE}")
         return texts
 
 
@@ -56,7 +49,9 @@ class ExplainRequest(BaseModel):
     @field_validator("text")
     @classmethod
     def _unicode(cls, text: str) -> str:
-        return valid_unicode(text)
+        if not is_valid_unicode(text):
+            raise ValueError(INVALID_UNICODE)
+        return text
 
 
 @dataclass
