@@ -183,6 +183,12 @@ def test_big5_is_not_read_as_gbk(caplog, tmp_path):
     simplified = ["今天天气很好，我们去公园散步", "这家餐厅的服务态度太差了"]
     gbk.write_bytes(("label,review\n" + "".join(f"1,{p}\n" for p in simplified)).encode("gbk"))
     assert read_labelled(gbk).texts == simplified
+    tiny = tmp_path / "tiny-gbk.csv"  # 微 in GBK is CE A2: also valid UTF-8 (U+03A2)
+    tiny.write_bytes("label,review\r\n0,微\r\n".encode("gbk"))
+    assert read_labelled(tiny).texts == ["微"]
+    greek = tmp_path / "greek.csv"  # real UTF-8 below U+0800 stays UTF-8
+    greek.write_bytes("label,review\n1,Καλημέρα\n0,Привет мир\n".encode())
+    assert read_labelled(greek).texts == ["Καλημέρα", "Привет мир"]
 
 
 def test_label_only_file_and_directories_are_refused(cli_runs, tmp_path):

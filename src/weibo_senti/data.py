@@ -59,9 +59,11 @@ def decode(raw: bytes, path: Path, encoding: str | None = None) -> str:
     if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         return raw.decode("utf-16")
     try:
-        return raw.decode("utf-8-sig")
+        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
         pass
+    else:
+        return _gbk_posing_as_utf8(raw, path) or text
     text = _chinese_legacy(raw, path)
     if text is not None:
         return text
@@ -89,6 +91,24 @@ def _common_share(text: str, encoding: str, first: int, last: int) -> float:
         except UnicodeEncodeError:
             pass
     return hits / len(han)
+
+
+def _gbk_posing_as_utf8(raw: bytes, path: Path) -> str | None:
+    """Short GBK text can be valid UTF-8 (微 = CE A2 = U+03A2): when UTF-8 gives only
+    characters below U+0800 (Greek, Cyrillic, ... no Chinese) and GB18030 gives common Chinese
+    ones, the file is GBK. Returns that text, else None."""
+    text = raw.decode("utf-8-sig")
+    non_ascii = [c for c in text if ord(c) > 127]
+    if not non_ascii or max(map(ord, non_ascii)) > 0x7FF:
+        return None
+    try:
+        gbk = raw.decode("gb18030")
+    except UnicodeDecodeError:
+        return None
+    if _common_share(gbk, "gb2312", 0xB0, 0xD7) < 0.8:
+        return None
+    log.warning("%s: read as GBK (it is also valid UTF-8, as nonsense); pass --encoding", path)
+    return gbk
 
 
 def _chinese_legacy(raw: bytes, path: Path) -> str | None:
