@@ -102,7 +102,7 @@ def test_only_intended_parameters_change(tiny_base, task_files, tmp_path, method
         }
     assert set(state) == set(before)
     for k in before:
-        assert torch.equal(state[k], before[k]), k
+        assert torch.equal(state[k].cpu(), before[k]), k
     saved = load_file(str(tmp_path / "r" / "adapter_model.safetensors"))
     if method == "lora":
         lora_b = [v for k, v in saved.items() if "lora_B" in k]
@@ -314,3 +314,25 @@ def test_a_full_disk_gets_one_line_and_the_run_resumes(
         train(cfg, resume=True) if (out / "checkpoint").exists() else train(cfg, overwrite=True)
     )
     assert runfolder.read_info(resumed.run).complete
+
+
+def test_label_smoothing_softens_the_training_loss():
+    """step_loss: 0 is the model's own loss; s > 0 is cross-entropy against smoothed targets."""
+    from types import SimpleNamespace
+
+    from weibo_senti.train import step_loss
+
+    logits = torch.tensor([[4.0, -4.0], [-3.0, 3.0]])
+    labels = torch.tensor([0, 1])
+
+    def model(labels=None, **_):
+        plain = torch.nn.functional.cross_entropy(logits, labels) if labels is not None else None
+        return SimpleNamespace(logits=logits, loss=plain)
+
+    plain = step_loss(model, {"input_ids": None, "labels": labels}, 0.0)
+    smoothed = step_loss(model, {"input_ids": None, "labels": labels}, 0.2)
+    # confident right answers cost more once the targets are 0.9/0.1 instead of 1/0
+    assert smoothed > plain
+    expected = -(0.9 * torch.log_softmax(logits, -1)[[0, 1], [0, 1]])
+    expected -= 0.1 * torch.log_softmax(logits, -1)[[0, 1], [1, 0]]
+    assert torch.allclose(smoothed, expected.mean())

@@ -65,7 +65,8 @@ def add_adapter(model: nn.Module, name: str = "default", size: int = 64) -> None
         if name in getattr(block, ATTR):
             raise UserError(f"adapter '{name}' is already loaded")
         param = next(block.parameters())
-        getattr(block, ATTR)[name] = BottleneckAdapter(hidden, size).to(param.device)
+        # the block's device and dtype: a model served in bf16 on a GPU gets a bf16 adapter there
+        getattr(block, ATTR)[name] = BottleneckAdapter(hidden, size).to(param.device, param.dtype)
     set_active(model, name)
 
 
@@ -135,7 +136,7 @@ def load(model: nn.Module, name: str, config: dict, state: dict) -> None:
     weight = state["score.weight"]
     param = next(model.parameters())
     head = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device=param.device)
-    head.weight.data = weight.to(param.dtype)
+    head.weight.data = weight.to(param.device, param.dtype)  # safetensors loads onto the CPU
     if not hasattr(model, HEADS):
         model.add_module(HEADS, nn.ModuleDict())
     getattr(model, HEADS)[name] = head.eval()

@@ -223,10 +223,12 @@ def predict(
     ] = "adapter",
     text: Annotated[list[str] | None, Opt(help="Text to classify (repeatable); no console")] = None,
     input: Annotated[
-        Path | None, Opt(help="File of texts: .txt (one per line), .csv, .tsv, .jsonl")
+        str | None,
+        Opt(help="Texts to score: a .txt/.csv/.tsv/.jsonl/.parquet file, a folder or a glob"),
     ] = None,
     output: Annotated[
-        Path | None, Opt(help="Write predictions here (.csv, .tsv or .jsonl)")
+        Path | None,
+        Opt(help="Write predictions here: .csv, .tsv, .jsonl, .parquet, or a folder (per shard)"),
     ] = None,
     base_model: RunBase = None,
     text_column: TextColumn = "review",
@@ -237,30 +239,73 @@ def predict(
     prefix: Annotated[
         str, Opt(help="Names of the columns --input adds: PREFIX+label, +score, +p_positive, ...")
     ] = "pred_",
-    overwrite: Annotated[bool, Opt(help="Replace an existing --output file")] = False,
+    overwrite: Annotated[bool, Opt(help="Replace an existing --output")] = False,
+    resume: Annotated[
+        bool, Opt(help="Continue an interrupted --output where it stopped (local engine)")
+    ] = False,
+    chunk_rows: Annotated[
+        int, Opt(help="Rows per committed chunk of --output (what a kill can cost)")
+    ] = 4096,
+    engine: Annotated[str, Opt(help="local | ray (extra: ray)")] = "local",
+    ray_address: Annotated[
+        str | None, Opt(help="Ray cluster to join (e.g. auto); default: start a local Ray")
+    ] = None,
+    workers: Annotated[int, Opt(help="Ray engine: model replicas (actors)")] = 2,
+    gpus_per_worker: Annotated[float, Opt(help="Ray engine: GPUs per actor")] = 0.0,
+    cpus_per_worker: Annotated[
+        float | None, Opt(help="Ray engine: CPUs per actor (default: leave one for reading)")
+    ] = None,
 ):
-    """Classify texts: an interactive console, --text one-shot, or --input batch files."""
-    from .predict import console, format_console, load_classifier, predict_file, serialize
+    """Classify texts: an interactive console, --text one-shot, or --input files of any size."""
+    from . import bulk
+    from .predict import console, format_console, load_classifier
 
     if output is not None and input is None:
         raise UserError("--output needs --input")
-    if output is not None:
-        serialize([], output)  # refuse a bad suffix before the model loads
-        if output.exists() and input.exists() and output.resolve() == input.resolve():
-            raise UserError(f"--output {output} is the input file: write the predictions elsewhere")
-        if output.is_file() and not overwrite:
-            raise UserError(f"{output} exists; pass --overwrite to replace it")
+    if engine not in ("local", "ray"):
+        raise UserError(f"--engine must be local or ray, not {engine!r}")
+    if input is not None and engine == "ray":
+        return predict_ray(
+            run,
+            input,
+            output,
+            text_column=text_column,
+            prefix=prefix,
+            batch_size=batch_size,
+            precision=precision,
+            base_model=base_model,
+            overwrite=overwrite,
+            address=ray_address,
+            workers=workers,
+            gpus_per_worker=gpus_per_worker,
+            cpus_per_worker=cpus_per_worker,
+        )
+    if output is not None and output.suffix and not output.is_dir():
+        from .tables import output_kind
+
+        output_kind(output)  # refuse a bad suffix before the model loads
     clf = load_classifier(run, adapter, base_model, precision)
     if use:
         clf.use(use)
     if input is not None:
-        rows = predict_file(
-            clf, input, output, text_column, encoding, batch_size, adapter_column, prefix
+        predictor = bulk.Predictor(
+            classifier=clf,
+            text_column=text_column,
+            prefix=prefix,
+            adapter_column=adapter_column,
+            batch_size=batch_size,
         )
-        if output is None:
-            typer.echo(serialize(rows, Path("stdout.jsonl" if as_json else "stdout.csv")), nl=False)
-        else:
-            typer.echo(f"{len(rows)} predictions written to {output}", err=True)
+        summary = bulk.score(
+            input,
+            output,
+            predictor,
+            resume=resume,
+            overwrite=overwrite,
+            chunk_rows=chunk_rows,
+            encoding=encoding,
+            stdout_kind="jsonl" if as_json else "csv",
+        )
+        typer.echo(summary.line(), err=True)
     elif text:
         for t, p in zip(text, clf.predict(text, batch_size)):
             if as_json:
@@ -269,6 +314,17 @@ def predict(
                 typer.echo(format_console(p, clf.max_length))
     else:
         console(clf)
+
+
+def predict_ray(run: Path | None, input: str, output: Path | None, **options) -> None:
+    from . import engine_ray
+
+    if run is None:
+        raise UserError("--engine ray scores with one run folder (no --adapter)")
+    if output is None:
+        raise UserError("--engine ray needs --output")
+    summary = engine_ray.score(input, output, run, **options)
+    typer.echo(summary.line(), err=True)
 
 
 @app.command()

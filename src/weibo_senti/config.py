@@ -57,6 +57,7 @@ class TrainConfig:
         lambda: ["c_attn", "c_proj"], "Modules LoRA adapts (repeat the flag per module)"
     )
     adapter_size: int = option(64, "Bottleneck adapter width")
+    label_smoothing: float = option(0.0, "Label smoothing of the training loss (0: off)")
     emoticon_dropout: float = option(  # 0.5: measured, docs/emoticon-dropout.md
         0.5, "Share of training posts seen without their emoticons, drawn afresh each epoch"
     )
@@ -74,6 +75,8 @@ class TrainConfig:
             self.out = f"runs/{self.method}"
         if not 0.0 <= self.emoticon_dropout <= 1.0:
             raise UserError("--emoticon-dropout must be between 0 and 1")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise UserError("--label-smoothing must be at least 0 and below 1")
         for name in ("epochs", "batch_size", "eval_batch_size", "max_length", "adapter_size"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be at least 1")

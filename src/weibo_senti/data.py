@@ -50,23 +50,34 @@ class Examples:
 
 
 def decode(raw: bytes, path: Path, encoding: str | None = None) -> str:
-    """UTF-8 (BOM or not), UTF-16 with BOM, GBK/GB18030; or exactly ``encoding``."""
+    """UTF-8 (BOM or not), UTF-16 with BOM, GBK/GB18030, Big5; or exactly ``encoding``."""
+    codec = detect_codec(raw, path, encoding)
+    try:
+        return raw.decode(codec)
+    except (UnicodeDecodeError, LookupError) as e:
+        raise UserError(f"{path}: cannot decode as {codec}: {e}") from None
+
+
+def detect_codec(raw: bytes, path: Path, encoding: str | None = None) -> str:
+    """The codec of ``raw`` (a whole file, or its first bytes cut at a line break)."""
     if encoding:
         try:
-            return raw.decode(encoding)
-        except (UnicodeDecodeError, LookupError) as e:
-            raise UserError(f"{path}: cannot decode as {encoding}: {e}") from None
+            return codecs.lookup(encoding).name
+        except LookupError:
+            raise UserError(f"{path}: unknown encoding {encoding!r}") from None
     if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        return raw.decode("utf-16")
+        return "utf-16"
     try:
-        text = raw.decode("utf-8-sig")
+        raw.decode("utf-8")
     except UnicodeDecodeError:
         pass
     else:
-        return _gbk_posing_as_utf8(raw, path) or text
-    text = _chinese_legacy(raw, path)
-    if text is not None:
-        return text
+        if _gbk_posing_as_utf8(raw, path):
+            return "gb18030"
+        return "utf-8-sig" if raw.startswith(codecs.BOM_UTF8) else "utf-8"
+    codec = _chinese_legacy(raw, path)
+    if codec is not None:
+        return codec
     from charset_normalizer import from_bytes
 
     best = from_bytes(raw).best()
@@ -75,7 +86,7 @@ def decode(raw: bytes, path: Path, encoding: str | None = None) -> str:
     log.warning(
         "%s: decoded as %s (guessed); pass --encoding if that is wrong", path, best.encoding
     )
-    return str(best)
+    return best.encoding
 
 
 def _common_share(text: str, encoding: str, first: int, last: int) -> float:
@@ -93,25 +104,25 @@ def _common_share(text: str, encoding: str, first: int, last: int) -> float:
     return hits / len(han)
 
 
-def _gbk_posing_as_utf8(raw: bytes, path: Path) -> str | None:
+def _gbk_posing_as_utf8(raw: bytes, path: Path) -> bool:
     """Short GBK text can be valid UTF-8 (微 = CE A2 = U+03A2): when UTF-8 gives only
     characters below U+0800 (Greek, Cyrillic, ... no Chinese) and GB18030 gives common Chinese
-    ones, the file is GBK. Returns that text, else None."""
+    ones, the file is GBK."""
     text = raw.decode("utf-8-sig")
     non_ascii = [c for c in text if ord(c) > 127]
     if not non_ascii or max(map(ord, non_ascii)) > 0x7FF:
-        return None
+        return False
     try:
         gbk = raw.decode("gb18030")
     except UnicodeDecodeError:
-        return None
+        return False
     if _common_share(gbk, "gb2312", 0xB0, 0xD7) < 0.8:
-        return None
+        return False
     log.warning("%s: read as GBK (it is also valid UTF-8, as nonsense); pass --encoding", path)
-    return gbk
+    return True
 
 
-def _chinese_legacy(raw: bytes, path: Path) -> str | None:
+def _chinese_legacy(raw: bytes, path: Path) -> str | None:  # the codec
     """GB18030 (GBK) or Big5: Big5 bytes often decode as GB18030 without an error, into
     nonsense. Both decodings are judged by how many of their characters are common ones
     (GB2312 level 1, Big5 frequent block)."""
@@ -124,7 +135,7 @@ def _chinese_legacy(raw: bytes, path: Path) -> str | None:
     if not decoded:
         return None
     if len(decoded) == 1:
-        return next(iter(decoded.values()))
+        return next(iter(decoded))
     gb = _common_share(decoded["gb18030"], "gb2312", 0xB0, 0xD7)
     big5 = _common_share(decoded["big5"], "big5", 0xA4, 0xC6)
     if big5 > gb:
@@ -135,17 +146,21 @@ def _chinese_legacy(raw: bytes, path: Path) -> str | None:
             100 * big5,
             100 * gb,
         )
-        return decoded["big5"]
-    return decoded["gb18030"]
+        return "big5"
+    return "gb18030"
 
 
-def _rows(text: str, path: Path):
-    """Yield (line_number, dict or None-if-unparsable, header) for CSV/TSV/JSONL text."""
-    suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".json", ".ndjson"):
-        # Only \n ends a JSON line: str.splitlines would also split on U+2028, \x1c, ...
-        # which JSON strings may hold raw.
-        for n, line in enumerate(text.split("\n"), start=1):
+def is_jsonl(path: Path) -> bool:
+    return path.suffix.lower() in (".jsonl", ".json", ".ndjson")
+
+
+def _rows(stream, path: Path):
+    """Yield (line number, dict or None if unparsable) from a text stream of CSV/TSV/JSONL; for
+    CSV/TSV first (0, header). The stream splits lines as the format does: csv's own rules
+    (\r\n, \r, \n; newline="") or, for JSONL, \n alone (newline="\n"): str.splitlines would
+    also split on U+2028, \x1c, \x85, ... which csv does not quote and JSON strings may hold."""
+    if is_jsonl(path):
+        for n, line in enumerate(stream, start=1):
             if not line.strip():
                 continue
             try:
@@ -154,16 +169,43 @@ def _rows(text: str, path: Path):
                 obj = None
             yield n, obj if isinstance(obj, dict) else None
         return
-    first = text.split("\n", 1)[0]
-    delimiter = "\t" if suffix == ".tsv" or ("\t" in first and "," not in first) else ","
-    # csv's field limit is process-wide: raised only while this file is parsed (at once,
-    # not across a suspended generator), then restored. Huge texts are cut at tokenization.
+    lines = _Lines(stream)
+    first = lines.upcoming or ""
+    delimiter = (
+        "\t" if path.suffix.lower() == ".tsv" or ("\t" in first and "," not in first) else ","
+    )
+    yield from _csv_rows(lines, path, delimiter)
+
+
+class _Lines:
+    """Lines of a stream with one of look-ahead (is this the last?) and the current row's lines."""
+
+    def __init__(self, stream):
+        self._it = iter(stream)
+        self.upcoming = next(self._it, None)
+        self.line_count = 0
+        self.row_lines: list[str] = []
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        if self.upcoming is None:
+            raise StopIteration
+        line, self.upcoming = self.upcoming, next(self._it, None)
+        self.line_count += 1
+        self.row_lines.append(line)
+        return line
+
+
+def _next_row(reader):
+    # csv's field limit is process-wide: raised only inside this call (huge texts are cut at
+    # tokenization), then restored, so no other code sees it changed.
     limit = csv.field_size_limit(2**31 - 1)
     try:
-        rows = list(_csv_rows(text, path, delimiter))
+        return next(reader)
     finally:
         csv.field_size_limit(limit)
-    yield from rows
 
 
 class RaggedRow(dict):
@@ -171,29 +213,27 @@ class RaggedRow(dict):
     would it be?), but its cells, matched to the header from the left, are kept."""
 
 
-def _csv_rows(text: str, path: Path, delimiter: str):
-    # The csv module's own line rules (\r\n, \r, \n); str.splitlines would also break at
-    # U+2028, \x1c-\x1e, \x85, which csv does not quote.
-    lines = io.StringIO(text, newline="").readlines()
+def _csv_rows(lines: _Lines, path: Path, delimiter: str):
     reader = csv.reader(lines, delimiter=delimiter)
     try:
-        header = [h.strip() for h in next(reader)]
+        header = [h.strip() for h in _next_row(reader)]
     except StopIteration:
         raise UserError(f"{path} is empty") from None
     yield 0, header  # the header, so callers can name missing columns
     start = reader.line_num + 1
     spanning = []  # rows whose quoted text runs over several lines
     while True:
+        lines.row_lines = []
         try:
-            row = next(reader)
+            row = _next_row(reader)
         except StopIteration:
             break
         except csv.Error:
             row = None
         if reader.line_num > start:
             spanning.append(start)
-            if reader.line_num == len(lines):
-                _check_closed(lines[start - 1 :], path, start, delimiter)
+            if lines.upcoming is None:
+                _check_closed(lines.row_lines, path, start, delimiter)
         if row is not None and not any(cell.strip() for cell in row):
             start = reader.line_num + 1
             continue  # blank line
@@ -248,13 +288,48 @@ def _records(path: Path, encoding: str | None) -> tuple[list[str] | None, list]:
     path = Path(path)
     require_file(path)
     text = decode(path.read_bytes(), path, encoding)
+    stream = io.StringIO(text, newline="\n" if is_jsonl(path) else "")
     header, records = None, []
-    for n, rec in _rows(text, path):
+    for n, rec in _rows(stream, path):
         if n == 0:
             header = rec
         else:
             records.append((n, rec))
     return header, records
+
+
+SNIFF_BYTES = 1 << 16  # what a streamed file's encoding is judged on
+
+
+def stream_codec(path: Path, encoding: str | None) -> str:
+    """The codec of a file too large to read at once, judged on its first lines."""
+    require_file(path, "input file")
+    with open(path, "rb") as f:
+        head = f.read(SNIFF_BYTES)
+        if len(head) == SNIFF_BYTES and b"\n" in head:  # no character cut in half
+            head = head[: head.rindex(b"\n") + 1]
+    if not head:
+        raise UserError(f"{path} is empty")
+    return detect_codec(head, path, encoding)
+
+
+def stream_records(path: Path, codec: str, text_lines: bool = False):
+    """Like _records, lazily: (0, header) first for CSV/TSV, then (line number, record).
+    ``text_lines``: a .txt file, each line a record {"text": line}."""
+    # .txt: universal newlines, as read_texts splits them; JSONL: \n alone; CSV: csv's rules
+    newline = None if text_lines else "\n" if is_jsonl(path) else ""
+    with open(path, encoding=codec, newline=newline, errors="strict") as stream:
+        try:
+            if text_lines:
+                for n, line in enumerate(stream, start=1):
+                    yield n, {"text": line.rstrip("\r\n")}
+            else:
+                yield from _rows(stream, path)
+        except UnicodeDecodeError as e:
+            raise UserError(
+                f"{path}: bytes beyond the first lines are not {codec} ({e.reason}); "
+                "pass --encoding"
+            ) from None
 
 
 def read_labelled(

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -14,10 +11,9 @@ import torch
 
 from . import inference, modeling, runfolder
 from .bank import AdapterBank
-from .data import LABELS, LABELS_ZH, Examples, read_texts
+from .data import LABELS, LABELS_ZH
 from .errors import UserError
 from .features import encode, pad_batch
-from .files import atomic_write
 from .runfolder import RunInfo
 
 log = logging.getLogger("weibo_senti")
@@ -330,67 +326,3 @@ def console_command(clf: SentimentClassifier, text: str) -> str:
             return f"error: {e}"
         return f"now using {arg.strip()}"
     return "commands: :use NAME, :adapters, q"
-
-
-PREDICTION_COLUMNS = ("label", "label_zh", "score", "p_negative", "p_positive", "truncated")
-
-
-def predict_file(
-    clf: SentimentClassifier,
-    inp: Path,
-    output: Path | None,
-    text_column: str,
-    encoding: str | None = None,
-    batch_size: int = 16,
-    adapter_column: str = "adapter",
-    prefix: str = "pred_",
-) -> list[dict]:
-    """Predict every row of a file; write CSV or JSONL (by suffix) atomically; return rows.
-
-    Every input column is kept as it was, in order; the predictions are added as new columns
-    named ``prefix`` + label, label_zh, score, p_<label>, truncated (and adapter). With several
-    adapters loaded, a column ``adapter_column`` may name the adapter per row (with one, it is
-    just data).
-    """
-    examples: Examples = read_texts(inp, text_column, encoding)
-    added = [prefix + c for c in (*PREDICTION_COLUMNS[:3], *(f"p_{n}" for n in clf.labels))]
-    added += [prefix + "truncated"] + ([prefix + "adapter"] if clf.bank is not None else [])
-    clash = [c for c in added if c in examples.columns]
-    if clash:
-        raise UserError(
-            f"{inp} already has column {clash[0]!r}: pass --prefix to name the predictions"
-        )
-    names = None
-    if len(clf.adapters) > 1 and adapter_column in examples.columns:  # else just data
-        given = examples.columns[adapter_column]
-        names = [str(n or "").strip() or clf.active_adapter for n in given]
-    preds = clf.predict(examples.texts, batch_size, names)
-    rows = []
-    for i, p in enumerate(preds):
-        row = {k: v[i] for k, v in examples.columns.items()}
-        values = [p.label, p.label_zh, None if p.score is None else round(p.score, 6)]
-        values += [
-            None if p.probabilities is None else round(p.probabilities[n], 6) for n in clf.labels
-        ]
-        values += [p.truncated] + ([p.adapter] if clf.bank is not None else [])
-        row.update(zip(added, values))
-        rows.append(row)
-    if output is not None:
-        header = [*examples.columns, *added]  # also for a file with a header and no rows
-        text = serialize(rows, output, header)
-        atomic_write(output, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-    return rows
-
-
-def serialize(rows: list[dict], path: Path, header: list[str] | None = None) -> str:
-    if path.suffix.lower() in (".jsonl", ".json", ".ndjson"):
-        return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-    if path.suffix.lower() not in (".csv", ".tsv"):
-        raise UserError(f"--output must end in .csv, .tsv or .jsonl, not {path.name}")
-    buf = io.StringIO()
-    delim = "\t" if path.suffix.lower() == ".tsv" else ","
-    fields = header or (list(rows[0]) if rows else ["text"])
-    writer = csv.DictWriter(buf, fieldnames=fields, delimiter=delim)
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()

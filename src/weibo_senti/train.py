@@ -457,7 +457,8 @@ def train_step(s: Setup, batch: dict) -> tuple[float, int]:
     total = acc.reduce(local, "sum")
     # Processes' gradients are averaged: weigh each share by its size, so the step is the
     # global batch's mean loss even when the shares differ (1.0 exactly in one process).
-    loss = s.model(**batch).loss * (local * acc.num_processes / total)
+    loss = step_loss(s.model, batch, s.cfg.label_smoothing)
+    loss = loss * (local * acc.num_processes / total)
     acc.backward(loss)
     if s.cfg.max_grad_norm:
         acc.clip_grad_norm_(s.model.parameters(), s.cfg.max_grad_norm)
@@ -465,6 +466,14 @@ def train_step(s: Setup, batch: dict) -> tuple[float, int]:
     s.scheduler.step()
     s.optimizer.zero_grad(set_to_none=True)
     return acc.reduce(loss.detach(), "mean").item(), int(total)
+
+
+def step_loss(model, batch: dict, label_smoothing: float) -> torch.Tensor:
+    if not label_smoothing:
+        return model(**batch).loss
+    labels = batch.pop("labels")
+    logits = model(**batch).logits.float()
+    return torch.nn.functional.cross_entropy(logits, labels, label_smoothing=label_smoothing)
 
 
 def validate(model, loader, accelerator) -> dict:

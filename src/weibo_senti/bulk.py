@@ -1,0 +1,523 @@
+"""Scoring files of any size: read, score and write in chunks; commit each chunk; resume.
+
+The local engine streams every input shard (CSV/TSV/JSONL/TXT through data.py, Parquet through
+pyarrow) in chunks of ``chunk_rows`` rows, scores each chunk with one ``Predictor`` and commits
+it as a part file in ``<output>.partial/`` (atomically, then ``progress.json``). The final output
+appears under its name only once every part is there (one atomic rename), so a finished output
+is never mistaken for a partial one; ``--resume`` reads the progress, drops an uncommitted part,
+skips the committed rows without scoring them and goes on. Chunks always start at multiples of
+``chunk_rows``, so a resumed output is byte-identical to an uninterrupted one.
+
+The same ``Predictor`` is the ``map_batches`` callable of the Ray engine (engine_ray.py).
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import tables
+from .data import RaggedRow, _parse_label, _pick_text_column, stream_codec, stream_records
+from .errors import UserError
+from .files import write_json
+from .progress import progress
+
+log = logging.getLogger("weibo_senti")
+
+CHUNK_ROWS = 4096  # rows per committed part: what a kill can cost, and the length-sort window
+INPUT_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".ndjson", ".txt", ".parquet")
+
+
+class Predictor:
+    """Adds prediction columns to a batch of rows: pyarrow Table, pandas DataFrame or a dict of
+    columns (Ray Data's numpy batches). Empty and invalid texts get no label, as in predict().
+
+    Ray: ``ds.map_batches(Predictor, fn_constructor_kwargs={"run": "runs/weibo"},
+    concurrency=8, batch_size=256)`` loads the model once per actor.
+    """
+
+    def __init__(
+        self,
+        run: str | Path | None = None,
+        *,
+        classifier=None,
+        text_column: str = "review",
+        prefix: str = "pred_",
+        adapter_column: str = "adapter",
+        batch_size: int = 16,
+        precision: str = "auto",
+        base_model: str | None = None,
+    ):
+        if classifier is None:
+            from .predict import load_classifier
+
+            if run is None:
+                raise UserError("Predictor needs a run folder or a loaded classifier")
+            classifier = load_classifier(Path(run), None, base_model, precision)
+        self.clf = classifier
+        self.text_column = text_column
+        self.adapter_column = adapter_column
+        self.batch_size = batch_size
+        labels = self.clf.labels
+        names = ["label", "label_zh", "score", *(f"p_{n}" for n in labels), "truncated"]
+        if self.clf.bank is not None:
+            names.append("adapter")
+        self.added = [prefix + n for n in names]
+        self.truncated_column = prefix + "truncated"
+
+    def check_columns(self, columns: list[str], source: str) -> None:
+        clash = [c for c in self.added if c in columns]
+        if clash:
+            raise UserError(
+                f"{source} already has column {clash[0]!r}: pass --prefix to name the predictions"
+            )
+
+    def columns(self, texts: list, adapters: list | None = None) -> dict[str, list]:
+        """The prediction columns for these texts (None, numbers: read as text)."""
+        from .predict import is_valid_unicode
+
+        texts = ["" if t is None else str(t) for t in texts]
+        texts = [t if is_valid_unicode(t) else "" for t in texts]
+        names = None
+        if adapters is not None and len(self.clf.adapters) > 1:
+            active = self.clf.active_adapter
+            names = [str(n or "").strip() or active for n in adapters]
+        preds = self.clf.predict(texts, self.batch_size, names)
+        labels = self.clf.labels
+        out: dict[str, list] = {c: [] for c in self.added}
+        for p in preds:
+            probs = p.probabilities or {}
+            values = [p.label, p.label_zh, None if p.score is None else round(p.score, 6)]
+            values += [round(probs[n], 6) if probs else None for n in labels]
+            values += [p.truncated] + ([p.adapter] if self.clf.bank is not None else [])
+            for c, v in zip(self.added, values):
+                out[c].append(v)
+        return out
+
+    def __call__(self, batch):
+        texts = tables.column(batch, self.text_column)
+        adapters = None
+        if self.adapter_column in tables.names(batch):
+            adapters = tables.column(batch, self.adapter_column)
+        return tables.add_columns(batch, self.columns(texts, adapters))
+
+
+@dataclass
+class Shard:
+    """One input file, its rows streamed as dicts (every column kept, values as read)."""
+
+    path: Path
+    encoding: str | None = None
+    columns: list[str] = field(default_factory=list)
+    rows: int = 0
+    schema: object = None  # pyarrow schema of a Parquet input
+    label_like: dict = field(default_factory=dict)  # column -> every value reads as 0/1
+
+    @property
+    def kind(self) -> str:
+        return tables.kind(self.path)
+
+    def scan(self) -> Shard:
+        """Columns and row count, in one pass that parses every row (a bad file fails here,
+        before the model has scored anything)."""
+        if self.kind == "parquet":
+            self.schema, self.rows = tables.parquet_schema(self.path)
+            self.columns = list(self.schema.names)
+            return self
+        self.encoding = stream_codec(self.path, self.encoding)
+        seen: dict[str, None] = {}
+        for n, rec in self._records():
+            if n == 0:
+                seen.update(dict.fromkeys(rec))
+                continue
+            self.rows += 1
+            if isinstance(rec, dict):
+                if self.kind == "jsonl":
+                    seen.update(dict.fromkeys(rec))
+                for c, v in rec.items():
+                    if self.label_like.get(c, True):
+                        self.label_like[c] = _parse_label(v) is not None
+        self.columns = list(seen) or ["text"]
+        return self
+
+    def _records(self):
+        return stream_records(self.path, self.encoding, text_lines=self.kind == "txt")
+
+    def iter_rows(self, skip: int = 0) -> Iterator[dict]:
+        """Rows after the first ``skip``; unparsable lines come as rows with no text."""
+        if self.kind == "parquet":
+            yield from tables.parquet_rows(self.path, skip)
+            return
+        count = 0
+        for n, rec in self._records():
+            if n == 0:
+                continue
+            count += 1
+            if count <= skip:
+                continue
+            if rec is None:
+                yield {UNPARSABLE: n}
+            elif isinstance(rec, RaggedRow):
+                yield {**rec, UNPARSABLE: n}
+            else:
+                yield rec
+
+
+UNPARSABLE = "\0unparsable_line"  # a key no file has: marks a row kept without its text
+
+
+def find_shards(spec: str | Path) -> list[Path]:
+    """A file, a folder (its supported files, recursively, sorted) or a glob pattern."""
+    path = Path(spec)
+    if path.is_dir():
+        found = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+        found = [p for p in found if p.suffix.lower() in INPUT_SUFFIXES]
+        if not found:
+            raise UserError(f"{path} holds no {', '.join(INPUT_SUFFIXES)} files")
+        return found
+    if glob.has_magic(str(spec)):
+        found = sorted(Path(p) for p in glob.glob(str(spec), recursive=True) if Path(p).is_file())
+        if not found:
+            raise UserError(f"no file matches {spec}")
+        return found
+    if not path.exists():
+        raise UserError(f"input file {path} does not exist")
+    return [path]
+
+
+@dataclass
+class Summary:
+    rows: int = 0
+    scored: int = 0  # rows scored in this call (a resumed job skips the committed ones)
+    empty: int = 0
+    unparsable: int = 0
+    unparsable_lines: list[int] = field(default_factory=list)  # the first few
+    truncated: int = 0
+    seconds: float = 0.0
+    outputs: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        rate = self.scored / self.seconds if self.seconds else 0.0
+        parts = [f"{self.rows} rows in {len(self.outputs)} output file(s)"]
+        parts.append(f"{self.scored} scored in {self.seconds:.1f} s ({rate:.0f} rows/s)")
+        if self.empty:
+            parts.append(f"{self.empty} with no usable text (empty, invalid Unicode): no label")
+        if self.unparsable:
+            lines = ", ".join(map(str, self.unparsable_lines[:5]))
+            parts.append(f"{self.unparsable} unparsable, kept without a label (lines {lines})")
+        if self.truncated:
+            parts.append(f"{self.truncated} cut to the model's length")
+        return "; ".join(parts) + f" -> {', '.join(self.outputs)}"
+
+
+@dataclass
+class Job:
+    """Shards scored into one output file (several shards: concatenated in order)."""
+
+    shards: list[Shard]
+    output: Path | None  # None: stdout
+    predictor: Predictor
+    chunk_rows: int = CHUNK_ROWS
+    fingerprint: dict = field(default_factory=dict)
+
+    @property
+    def partial(self) -> Path:
+        return self.output.with_name(self.output.name + ".partial")
+
+    def header(self) -> list[str]:
+        first = self.shards[0].columns
+        for s in self.shards[1:]:
+            if s.columns != first and tables.kind(self.output or Path("x.csv")) != "jsonl":
+                raise UserError(
+                    f"{s.path} has columns {s.columns}, {self.shards[0].path} {first}: one "
+                    "output file needs the same columns; write to a folder (one file per shard) "
+                    "or to .jsonl"
+                )
+        return [*first, *self.predictor.added]
+
+    def rows(self, skip: int) -> Iterator[dict]:
+        for shard in self.shards:
+            if skip >= shard.rows:
+                skip -= shard.rows
+                continue
+            yield from shard.iter_rows(skip)
+            skip = 0
+
+    def chunks(self, skip: int) -> Iterator[list[dict]]:
+        chunk = []
+        for row in self.rows(skip):
+            chunk.append(row)
+            if len(chunk) == self.chunk_rows:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
+
+    def score_chunk(self, chunk: list[dict], summary: Summary) -> list[dict]:
+        p = self.predictor
+        texts = [r.get(p.text_column) if UNPARSABLE not in r else None for r in chunk]
+        adapters = [r.get(p.adapter_column) for r in chunk]
+        added = p.columns(texts, adapters)
+        out = []
+        for i, row in enumerate(chunk):
+            line = row.pop(UNPARSABLE, None)
+            if line is not None:
+                summary.unparsable += 1
+                summary.unparsable_lines = (summary.unparsable_lines + [line])[:5]
+            elif not str(texts[i] or "").strip():
+                summary.empty += 1
+            out.append({**row, **{c: v[i] for c, v in added.items()}})
+        summary.truncated += sum(bool(t) for t in added[p.truncated_column])
+        return out
+
+
+# ---------------------------------------------------------------- committing and resuming
+PROGRESS = "progress.json"
+
+
+def part_name(i: int, out_kind: str) -> str:
+    return f"part-{i:06d}.{out_kind}"
+
+
+def open_partial(job: Job, resume: bool, overwrite: bool) -> dict | None:
+    """The progress to continue from (a fresh one to start), or None: nothing left to do."""
+    out, partial = job.output, job.partial
+    fresh = {"fingerprint": job.fingerprint, "parts": 0, "rows": 0, "done": False}
+    fresh["summary"] = {"empty": 0, "unparsable": 0, "unparsable_lines": [], "truncated": 0}
+    if partial.exists() and not resume:
+        if not overwrite:
+            raise UserError(
+                f"{partial} holds an interrupted run: --resume continues it, --overwrite starts over"
+            )
+        shutil.rmtree(partial)
+    if not partial.exists():
+        if out.exists() and resume:
+            log.info("%s is complete already", out)
+            return None
+        if out.exists() and not overwrite:
+            raise UserError(f"{out} exists; pass --overwrite to replace it (or --resume)")
+        return fresh
+    try:
+        state = json_load(partial / PROGRESS)
+    except (OSError, ValueError):
+        state = fresh  # killed before the first commit
+    if state.get("fingerprint") != job.fingerprint:
+        raise UserError(
+            f"{partial} was started with other inputs, run or options; run without --resume "
+            "and with --overwrite to start over"
+        )
+    for p in partial.glob("part-*"):  # written, but killed before its commit
+        if int(p.name[5:11]) >= state["parts"]:
+            p.unlink()
+    return state
+
+
+def json_load(path: Path) -> dict:
+    import json
+
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def run_job(job: Job, resume: bool = False, overwrite: bool = False, bar=None) -> Summary:
+    """Score a job's rows into its output, committing every chunk (see the module's doc)."""
+    from filelock import FileLock, Timeout
+
+    header = job.header()
+    out_kind = tables.output_kind(job.output)
+    partial = job.partial
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(job.output.with_name(job.output.name + ".lock")))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise UserError(f"another process is writing {job.output}") from None
+    try:
+        state = open_partial(job, resume, overwrite)
+        summary = Summary(outputs=[str(job.output)])
+        if state is None:
+            summary.rows = sum(s.rows for s in job.shards)
+            return summary
+        partial.mkdir(exist_ok=True)
+        commit_chunks(job, state, header, out_kind, bar, summary)
+        parts = [partial / part_name(i, out_kind) for i in range(state["parts"])]
+        tables.join_parts(parts, job.output, header, out_kind)
+        shutil.rmtree(partial)
+        summary.rows = state["rows"]
+        for k, v in state["summary"].items():
+            setattr(summary, k, v)
+        return summary
+    finally:
+        lock.release()
+        Path(lock.lock_file).unlink(missing_ok=True)
+
+
+def commit_chunks(job: Job, state: dict, header, out_kind: str, bar, summary: Summary) -> None:
+    shard = job.shards[0]
+    schema = tables.output_schema(shard.schema, shard.columns, job.predictor.added, shard.kind)
+    if schema is None and out_kind == "parquet" and state["parts"]:
+        schema = tables.part_schema(job.partial / part_name(0, out_kind))
+    if bar is not None:
+        bar.update(state["rows"])
+    for chunk in job.chunks(state["rows"]):
+        chunk_summary = Summary()
+        rows = job.score_chunk(chunk, chunk_summary)
+        path = job.partial / part_name(state["parts"], out_kind)
+        tables.write_part(path, rows, header, out_kind, schema)
+        if schema is None and out_kind == "parquet":
+            schema = tables.part_schema(path)  # JSONL input: the first part decides the types
+        state["parts"] += 1
+        state["rows"] += len(rows)
+        done = state["summary"]
+        for k in ("empty", "unparsable", "truncated"):
+            done[k] += getattr(chunk_summary, k)
+        done["unparsable_lines"] = (done["unparsable_lines"] + chunk_summary.unparsable_lines)[:5]
+        write_json(job.partial / PROGRESS, state)  # the commit
+        summary.scored += len(rows)
+        if bar is not None:
+            bar.update(len(rows))
+
+
+# ---------------------------------------------------------------- the local engine
+def plan_jobs(
+    input_spec,
+    output: Path | None,
+    predictor: Predictor,
+    chunk_rows: int,
+    encoding: str | None = None,
+) -> list[Job]:
+    """Shards and where each goes: one output file, or a folder (one file per shard)."""
+    paths = find_shards(input_spec)
+    if output is not None:
+        for p in paths:
+            if output.exists() and output.resolve() == p.resolve():
+                raise UserError(f"--output {output} is the input file: write elsewhere")
+    shards = []
+    for p in progress(paths, desc="reading inputs", unit="file", disable=len(paths) < 2):
+        shard = Shard(p, encoding).scan()
+        predictor.check_columns(shard.columns, str(p))
+        if predictor.text_column not in shard.columns:
+            shard_text_column(predictor, shard)
+        check_text_column(predictor.text_column, shard)
+        shards.append(shard)
+    if output is not None and is_folder_output(input_spec, output):
+        root = Path(input_spec) if Path(input_spec).is_dir() else common_parent(paths)
+        return [
+            make_job([s], folder_target(output, root, s.path), predictor, chunk_rows)
+            for s in shards
+        ]
+    if output is not None:
+        tables.output_kind(output)
+    return [make_job(shards, output, predictor, chunk_rows)]
+
+
+def shard_text_column(predictor: Predictor, shard: Shard) -> None:
+    predictor.text_column = _pick_text_column(shard.path, shard.columns, predictor.text_column)
+
+
+def check_text_column(column: str, shard: Shard) -> None:
+    if column == "label" or shard.label_like.get(column):
+        raise UserError(
+            f"{shard.path}: column '{column}' holds labels (0/1), not texts; give the text "
+            "column with --text-column"
+        )
+
+
+def is_folder_output(input_spec, output: Path) -> bool:
+    if output.is_dir() or str(output).endswith(("/", os.sep)):
+        return True
+    return Path(input_spec).is_dir() and not output.suffix
+
+
+def common_parent(paths: list[Path]) -> Path:
+    return Path(os.path.commonpath([str(p.resolve().parent) for p in paths]))
+
+
+def folder_target(folder: Path, root: Path, path: Path) -> Path:
+    rel = path.resolve().relative_to(root.resolve())
+    suffix = ".csv" if path.suffix.lower() == ".txt" else path.suffix
+    return folder / rel.with_suffix(suffix)
+
+
+def make_job(shards: list[Shard], output, predictor: Predictor, chunk_rows: int) -> Job:
+    clf = predictor.clf
+    fingerprint = {
+        "inputs": [[str(s.path.resolve()), *file_stamp(s.path), s.encoding] for s in shards],
+        "run": [str(Path(clf.run).resolve()), clf.info.files],
+        "adapters": clf.adapters,
+        "precision": clf.precision,
+        "options": [
+            predictor.text_column,
+            predictor.added,
+            predictor.adapter_column,
+            predictor.batch_size,
+            chunk_rows,
+        ],
+    }
+    return Job(shards, output, predictor, chunk_rows, fingerprint)
+
+
+def file_stamp(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns]
+
+
+def score(
+    input_spec,
+    output: Path | None,
+    predictor: Predictor,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    chunk_rows: int = CHUNK_ROWS,
+    encoding: str | None = None,
+    stdout=None,
+    stdout_kind: str = "csv",
+) -> Summary:
+    """Score every row of the input (file, folder or glob) into ``output`` (a file, a folder,
+    or None: CSV on ``stdout``), chunk by chunk; returns the summary."""
+    if chunk_rows < 1:
+        raise UserError("--chunk-rows must be at least 1")
+    t0 = time.perf_counter()
+    jobs = plan_jobs(input_spec, output, predictor, chunk_rows, encoding)
+    total = Summary()
+    rows = sum(s.rows for j in jobs for s in j.shards)
+    with progress(total=rows, desc="scoring", unit="rows", smoothing=0.05) as bar:
+        for job in jobs:
+            if job.output is None:
+                done = stream_job(job, stdout, stdout_kind, bar)
+            else:
+                done = run_job(job, resume, overwrite, bar)
+            merge_summary(total, done)
+    total.seconds = time.perf_counter() - t0
+    return total
+
+
+def merge_summary(total: Summary, done: Summary) -> None:
+    for k in ("rows", "scored", "empty", "unparsable", "truncated"):
+        setattr(total, k, getattr(total, k) + getattr(done, k))
+    total.unparsable_lines = (total.unparsable_lines + done.unparsable_lines)[:5]
+    total.outputs += done.outputs
+
+
+def stream_job(job: Job, stdout, out_kind: str, bar) -> Summary:
+    """No --output: CSV or JSONL rows onto stdout as they are scored (nothing to resume)."""
+    import sys
+
+    stdout = stdout or sys.stdout
+    header = job.header()
+    if out_kind != "jsonl":
+        stdout.write(tables.header_line(header, out_kind))
+    summary = Summary(outputs=["stdout"])
+    for chunk in job.chunks(0):
+        rows = job.score_chunk(chunk, summary)
+        tables.write_rows(stdout, rows, header, out_kind)
+        summary.rows += len(rows)
+        summary.scored += len(rows)
+        bar.update(len(rows))
+    return summary

@@ -1,0 +1,200 @@
+"""Prediction output files (CSV, TSV, JSONL, Parquet), Parquet input, and batches of columns.
+
+CSV and JSONL are written with the standard library (every value as read: CSV cells stay
+strings, JSONL keys and values stay what they were); Parquet with pyarrow, keeping an input
+Parquet's schema. Bulk scoring writes parts and joins them here; one module owns the formats.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from .errors import UserError
+from .files import atomic_write
+
+OUTPUT_KINDS = ("csv", "tsv", "jsonl", "parquet")
+
+
+def kind(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".json", ".ndjson"):
+        return "jsonl"
+    return {".tsv": "tsv", ".txt": "txt", ".parquet": "parquet"}.get(suffix, "csv")
+
+
+def output_kind(path: Path) -> str:
+    found = kind(path)
+    if found not in OUTPUT_KINDS or path.suffix.lower() not in (
+        ".csv",
+        ".tsv",
+        ".jsonl",
+        ".json",
+        ".ndjson",
+        ".parquet",
+    ):
+        raise UserError(f"--output must end in .csv, .tsv, .jsonl or .parquet, not {path.name}")
+    return found
+
+
+def _pyarrow():
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise UserError("Parquet needs pyarrow: pip install 'weibo-senti[parquet]'") from None
+    return pa, pq
+
+
+# ---------------------------------------------------------------- Parquet input
+def parquet_schema(path: Path):
+    _, pq = _pyarrow()
+    meta = pq.ParquetFile(path)
+    return meta.schema_arrow, meta.metadata.num_rows
+
+
+def parquet_rows(path: Path, skip: int = 0, batch_rows: int = 4096) -> Iterator[dict]:
+    """Rows as dicts; whole row groups before ``skip`` are not even read."""
+    _, pq = _pyarrow()
+    f = pq.ParquetFile(path)
+    groups, start = [], 0
+    for g in range(f.num_row_groups):
+        n = f.metadata.row_group(g).num_rows
+        if start + n > skip:
+            groups.append(g)
+        else:
+            start += n
+    skip -= start
+    for batch in f.iter_batches(batch_size=batch_rows, row_groups=groups):
+        if skip >= batch.num_rows:
+            skip -= batch.num_rows
+            continue
+        yield from batch.slice(skip).to_pylist()
+        skip = 0
+
+
+def prediction_fields(added: list[str]):
+    pa, _ = _pyarrow()
+    types = {"label": pa.string(), "label_zh": pa.string(), "truncated": pa.bool_()}
+    types["adapter"] = pa.string()
+    out = []
+    for name in added:
+        short = name.rsplit("_", 1)[-1] if not name.endswith("label_zh") else "label_zh"
+        out.append(pa.field(name, types.get(short, pa.float64())))
+    return out
+
+
+def output_schema(input_schema, columns: list[str], added: list[str], input_kind: str):
+    """An input Parquet's schema, or strings for CSV/TSV/TXT columns; None for JSONL (the
+    first part decides)."""
+    pa, _ = _pyarrow()
+    if input_kind == "jsonl":
+        return None
+    base = (
+        list(input_schema)
+        if input_schema is not None
+        else [pa.field(c, pa.string()) for c in columns]
+    )
+    return pa.schema(base + prediction_fields(added))
+
+
+# ---------------------------------------------------------------- writing
+def write_rows(stream, rows: Iterable[dict], header: list[str], out_kind: str) -> None:
+    """CSV/TSV (no header line) or JSONL rows onto a text stream."""
+    if out_kind == "jsonl":
+        for r in rows:
+            stream.write(json.dumps(r, ensure_ascii=False, default=str) + "\n")
+        return
+    writer = csv.DictWriter(stream, fieldnames=header, delimiter="\t" if out_kind == "tsv" else ",")
+    writer.writerows(rows)
+
+
+def header_line(header: list[str], out_kind: str) -> str:
+    buf = io.StringIO()
+    csv.writer(buf, delimiter="\t" if out_kind == "tsv" else ",").writerow(header)
+    return buf.getvalue()
+
+
+def write_part(path: Path, rows: list[dict], header: list[str], out_kind: str, schema) -> None:
+    """One committed chunk of the output, written atomically."""
+    if out_kind == "parquet":
+        pa, pq = _pyarrow()
+        try:
+            table = pa.Table.from_pylist(rows, schema=schema)
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+            raise UserError(f"cannot write these rows to Parquet ({e}); write .jsonl") from None
+        atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+        return
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
+            write_rows(f, rows, header, out_kind)
+
+    atomic_write(path, write)
+
+
+def part_schema(path: Path):
+    _, pq = _pyarrow()
+    return pq.read_schema(path)
+
+
+def join_parts(parts: list[Path], output: Path, header: list[str], out_kind: str) -> None:
+    """The final output from its parts, in order, under its name in one rename."""
+
+    def write(tmp: Path) -> None:
+        if out_kind == "parquet":
+            _, pq = _pyarrow()
+            schema = pq.read_schema(parts[0]) if parts else None
+            if schema is None:
+                pa, _ = _pyarrow()
+                schema = pa.schema([pa.field(c, pa.string()) for c in header])
+            with pq.ParquetWriter(tmp, schema) as writer:
+                for p in parts:
+                    writer.write_table(pq.read_table(p, schema=schema))
+            return
+        with open(tmp, "wb") as out:
+            if out_kind != "jsonl":
+                out.write(header_line(header, out_kind).encode("utf-8"))
+            for p in parts:
+                with open(p, "rb") as f:
+                    shutil.copyfileobj(f, out)
+
+    atomic_write(output, write)
+
+
+# ---------------------------------------------------------------- batches (Ray Data, pandas)
+def names(batch) -> list[str]:
+    if hasattr(batch, "column_names"):  # pyarrow Table / RecordBatch
+        return list(batch.column_names)
+    return list(batch.keys() if isinstance(batch, dict) else batch.columns)
+
+
+def column(batch, name: str) -> list:
+    if name not in names(batch):
+        raise UserError(f"the batch has no column {name!r} (columns: {', '.join(names(batch))})")
+    col = batch[name]
+    return col.to_pylist() if hasattr(col, "to_pylist") else list(col)
+
+
+def add_columns(batch, added: dict[str, list]):
+    """The batch, of the type it came in, with ``added`` after its own columns."""
+    if hasattr(batch, "append_column"):  # pyarrow Table
+        pa, _ = _pyarrow()
+        for field_, values in zip(prediction_fields(list(added)), added.values()):
+            batch = batch.append_column(field_, pa.array(values, type=field_.type))
+        return batch
+    if isinstance(batch, dict):  # Ray's numpy batches
+        import numpy as np
+
+        out = dict(batch)
+        for name, values in added.items():
+            out[name] = np.array(values, dtype=object if name.endswith(("label", "zh")) else None)
+        return out
+    out = batch.copy()  # pandas
+    for name, values in added.items():
+        out[name] = values
+    return out
