@@ -72,7 +72,7 @@ def cli(*args) -> list[str]:
 
 def measure(case: str, args, work: Path) -> dict:
     run, rows = args.run, {"2k": 2000, "200k": args.big_rows, "20k": 20000}
-    dev = SHARED / "data/weibo_senti_100k/dev.csv"
+    dev = args.shared / "data/weibo_senti_100k/dev.csv"
     size = case.split("-")[-1]
     src = make_input(work / f"posts-{size}.csv", rows[size], dev)
     out = work / f"{case}.csv"
@@ -87,7 +87,11 @@ def measure(case: str, args, work: Path) -> dict:
         r = timed(
             cli(run, "--input", src, "--output", out, "--engine", "ray", "--workers", workers)
         )
-    r.pop("out")
+    done = r.pop("out")
+    if "scored in" in done.stderr:  # the CLI's summary: seconds from reading to the last write
+        r["scoring_seconds"] = float(done.stderr.rsplit("scored in ", 1)[1].split(" s")[0])
+    if "scoring_seconds" in r:
+        r["scoring_rows_per_s"] = round(rows[size] / r["scoring_seconds"], 1)
     r.update(case=case, rows=rows[size], rows_per_s=round(rows[size] / r["seconds"], 1))
     return r
 
@@ -95,6 +99,7 @@ def measure(case: str, args, work: Path) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--run", required=True)
+    ap.add_argument("--shared", type=Path, default=SHARED, help="folder with data/")
     ap.add_argument(
         "--cases",
         nargs="+",

@@ -288,14 +288,14 @@ def part_name(i: int, out_kind: str) -> str:
 def open_partial(job: Job, resume: bool, overwrite: bool) -> dict | None:
     """The progress to continue from (a fresh one to start), or None: nothing left to do."""
     out, partial = job.output, job.partial
-    fresh = {"fingerprint": job.fingerprint, "parts": 0, "rows": 0, "done": False}
+    fresh = {"fingerprint": job.fingerprint, "parts": 0, "rows": 0}
     fresh["summary"] = {"empty": 0, "unparsable": 0, "unparsable_lines": [], "truncated": 0}
     if partial.exists() and not resume:
         if not overwrite:
             raise UserError(
                 f"{partial} holds an interrupted run: --resume continues it, --overwrite starts over"
             )
-        shutil.rmtree(partial)
+        remove_partial(partial)
     if not partial.exists():
         if out.exists() and resume:
             log.info("%s is complete already", out)
@@ -316,6 +316,16 @@ def open_partial(job: Job, resume: bool, overwrite: bool) -> dict | None:
         if int(p.name[5:11]) >= state["parts"]:
             p.unlink()
     return state
+
+
+def remove_partial(partial: Path) -> None:
+    """Only a folder of parts and progress is ours to delete."""
+    foreign = [p.name for p in partial.iterdir() if not p.name.startswith(("part-", PROGRESS, "."))]
+    if foreign:
+        raise UserError(
+            f"{partial} holds files weibo-senti did not write ({foreign[0]}): not removed"
+        )
+    shutil.rmtree(partial)
 
 
 def json_load(path: Path) -> dict:
@@ -347,7 +357,7 @@ def run_job(job: Job, resume: bool = False, overwrite: bool = False, bar=None) -
         commit_chunks(job, state, header, out_kind, bar, summary)
         parts = [partial / part_name(i, out_kind) for i in range(state["parts"])]
         tables.join_parts(parts, job.output, header, out_kind)
-        shutil.rmtree(partial)
+        remove_partial(partial)
         summary.rows = state["rows"]
         for k, v in state["summary"].items():
             setattr(summary, k, v)
@@ -429,9 +439,8 @@ def check_text_column(column: str, shard: Shard) -> None:
 
 
 def is_folder_output(input_spec, output: Path) -> bool:
-    if output.is_dir() or str(output).endswith(("/", os.sep)):
-        return True
-    return Path(input_spec).is_dir() and not output.suffix
+    """A folder, or a path without a suffix (an output file needs one to name its format)."""
+    return output.is_dir() or not output.suffix
 
 
 def common_parent(paths: list[Path]) -> Path:

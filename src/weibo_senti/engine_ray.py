@@ -84,12 +84,15 @@ def score(
     if workers < 1:
         raise UserError("--workers must be at least 1")
     paths = bulk.find_shards(input_spec)
+    if all(tables.kind(p) == "txt" for p in paths):
+        text_column = "text"  # read_text's one column
     t0 = time.perf_counter()
     started = not ray.is_initialized()
     if started:
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
     try:
-        ds = read(ray, paths, text_column)
+        # one file is one block: split it (streaming) so every actor gets work
+        ds = read(ray, paths, text_column).repartition(target_num_rows_per_block=rows_per_batch)
         scored = ds.map_batches(
             bulk.Predictor,
             fn_constructor_kwargs={

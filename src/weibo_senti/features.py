@@ -71,9 +71,12 @@ def encode_cached(tokenizer, texts: list[str], cache_dir=None):
     return ids, truncated
 
 
-def pad_batch(ids: list[list[int]], pad_id: int, labels: list[int] | None = None) -> dict:
-    """Right-pad to the longest in the batch; GPT-2 pools the last non-[PAD] token."""
-    width = max(len(x) for x in ids)
+def pad_batch(
+    ids: list[list[int]], pad_id: int, labels: list[int] | None = None, multiple: int = 1
+) -> dict:
+    """Right-pad to the longest in the batch, rounded up to ``multiple``; GPT-2 pools the last
+    non-[PAD] token, so the padding changes no logit (beyond float rounding)."""
+    width = -(-max(len(x) for x in ids) // multiple) * multiple
     input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(ids), width), dtype=torch.long)
     for i, x in enumerate(ids):
