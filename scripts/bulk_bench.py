@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import subprocess
 import sys
 import time
@@ -55,10 +56,13 @@ WRAP = (
 )
 
 
-def timed(cmd: list[str]) -> dict:
+def timed(cmd: list[str], env: dict | None = None) -> dict:
     """Wall seconds and the peak RSS of one command in its own process."""
     t0 = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", WRAP, *cmd], capture_output=True, text=True)
+    env = {**os.environ, **(env or {})}
+    done = subprocess.run(
+        [sys.executable, "-c", WRAP, *cmd], capture_output=True, text=True, env=env
+    )
     seconds = time.perf_counter() - t0
     if done.returncode:
         raise SystemExit(f"{cmd} failed:\n{done.stderr[-3000:]}")
@@ -71,13 +75,15 @@ def cli(*args) -> list[str]:
 
 
 def measure(case: str, args, work: Path) -> dict:
-    run, rows = args.run, {"2k": 2000, "200k": args.big_rows, "20k": 20000}
+    run, rows = args.run, {"2k": 2000, "200k": args.big_rows, "20k": 20000, "64": 64}
     dev = args.shared / "data/weibo_senti_100k/dev.csv"
     size = case.split("-")[-1]
     src = make_input(work / f"posts-{size}.csv", rows[size], dev)
     out = work / f"{case}.csv"
     out.unlink(missing_ok=True)
-    if case.startswith("local"):
+    if case.startswith("local1"):  # one thread: the peer of one Ray actor (1 CPU, 1 thread)
+        r = timed(cli(run, "--input", src, "--output", out), {"OMP_NUM_THREADS": "1"})
+    elif case.startswith("local"):
         r = timed(cli(run, "--input", src, "--output", out))
     elif case.startswith("memory"):
         r = timed([sys.executable, "-c", IN_MEMORY, str(run), str(src)])
@@ -117,6 +123,44 @@ def main() -> None:
         results[case] = measure(case, args, work)
         print(json.dumps(results[case]), flush=True)
         report.write_text(json.dumps({"results": results}, indent=1) + "\n")
+    Path(f"{args.report}.md").write_text(render(results), encoding="utf-8")
+    plot(results, Path(f"{args.report}.png"))
+
+
+def render(results: dict) -> str:
+    lines = [
+        "| case | rows | wall s | scoring s | rows/s (scoring) | peak RSS MB |",
+        "|---|---|---|---|---|---|",
+    ]
+    for case, r in results.items():
+        scoring = r.get("scoring_seconds")
+        rate = r.get("scoring_rows_per_s", r["rows_per_s"])
+        lines.append(
+            f"| {case} | {r['rows']} | {r['seconds']} | {scoring if scoring else '-'} | {rate} "
+            f"| {r['peak_rss_mb']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cases = list(results)
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.8))
+    rates = [results[c].get("scoring_rows_per_s", results[c]["rows_per_s"]) for c in cases]
+    a.barh(cases, rates, color="#4c72b0")
+    a.set_xlabel("rows/s (scoring; Ray: wall incl. start-up)")
+    b.barh(cases, [results[c]["peak_rss_mb"] for c in cases], color="#dd8452")
+    b.set_xlabel("peak RSS, MB (Ray: the driver only)")
+    for ax in (a, b):
+        ax.invert_yaxis()
+    fig.suptitle("predict --input on 2 CPU cores, gpt2-mini-zh LoRA run")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
