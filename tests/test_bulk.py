@@ -208,7 +208,7 @@ def test_resume_refuses_a_changed_input(clf, posts, tmp_path, monkeypatch):
     monkeypatch.undo()
     with open(src, "a", encoding="utf-8") as f:
         f.write("9999999,新的一行,北京\n")
-    with pytest.raises(UserError, match="started with other inputs"):
+    with pytest.raises(UserError, match="started with other input files"):
         bulk.score(src, out, predictor(clf), chunk_rows=CHUNK, resume=True)
     bulk.score(src, out, predictor(clf), chunk_rows=CHUNK, overwrite=True)
     assert len(read_csv(out)) == ROWS + 1
@@ -270,3 +270,59 @@ def test_predictor_takes_the_batch_types_engines_hand_it(clf):
     assert table.schema.field("pred_score").type == pa.float64()
     with pytest.raises(UserError, match="no column 'review'"):
         predictor(clf)(pa.table({"text": texts}))
+
+
+def test_each_shard_reads_its_own_text_column(clf, tmp_path):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    (folder / "a.csv").write_text("id,review\n1,好棒喜爱\n2,差坏烂\n", encoding="utf-8")
+    (folder / "b.txt").write_text("乐美赞\n恨糟怒\n", encoding="utf-8")
+    summary = bulk.score(folder, tmp_path / "out.jsonl", predictor(clf, text_column=None))
+    rows = read_output(tmp_path / "out.jsonl", "jsonl")
+    assert summary.empty == 0 and all(r["pred_label"] for r in rows)
+    expected = clf.predict(["好棒喜爱", "差坏烂", "乐美赞", "恨糟怒"])
+    assert [r["pred_label"] for r in rows] == [p.label for p in expected]
+
+
+def test_a_named_text_column_is_never_swapped_for_another(clf, tmp_path):
+    src = write_input(tmp_path / "in.csv", ["好棒"], "csv")
+    with pytest.raises(UserError, match="no column 'body'"):
+        bulk.score(src, tmp_path / "o.csv", predictor(clf, text_column="body"))
+
+
+def test_resume_on_a_finished_output_from_other_input_is_refused(clf, tmp_path):
+    src = write_input(tmp_path / "in.csv", ["好棒", "差坏", "乐美"], "csv")
+    out = tmp_path / "o.csv"
+    bulk.score(src, out, predictor(clf, text_column="text"))
+    assert bulk.score(src, out, predictor(clf, text_column="text"), resume=True).scored == 0
+    other = write_input(tmp_path / "other.csv", ["好棒", "差坏"], "csv")
+    with pytest.raises(UserError, match="holds 3 rows and the input has 2"):
+        bulk.score(other, out, predictor(clf, text_column="text"), resume=True)
+
+
+def test_unsupported_inputs_and_nested_values(clf, tmp_path):
+    for name in ("posts.xlsx", "posts.csv.gz"):
+        (tmp_path / name).write_bytes(b"PK\x03\x04")
+        with pytest.raises(UserError, match="is not an input this reads"):
+            bulk.score(tmp_path / name, tmp_path / "o.csv", predictor(clf))
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"text": "好棒", "meta": {"a": [1, 2]}}\n', encoding="utf-8")
+    bulk.score(src, tmp_path / "o.csv", predictor(clf, text_column="text"))
+    assert json.loads(read_csv(tmp_path / "o.csv")[0]["meta"]) == {"a": [1, 2]}
+
+
+def test_pandas_batches_missing_texts_and_clashing_columns(clf):
+    pd = pytest.importorskip("pandas", reason="pandas batches need pandas")
+    import numpy as np
+
+    p = predictor(clf)
+    out = p(pd.DataFrame({"review": [None, "好棒", np.nan, "", pd.NA]}))
+    assert out["pred_label"].isna().tolist() == [
+        True,
+        False,
+        True,
+        True,
+        True,
+    ]
+    with pytest.raises(UserError, match="already has column 'pred_label'"):
+        p(pd.DataFrame({"review": ["好"], "pred_label": ["mine"]}))

@@ -34,8 +34,8 @@ def test_two_actors_give_the_local_engines_rows(local_ray, trained_runs, tmp_pat
     src = tmp_path / f"posts.{kind}"
     if kind == "parquet":
         pq.write_table(pa.table({"id": ids, "text": ts}), src, row_group_size=100)
-    else:
-        with open(src, "w", encoding="utf-8", newline="") as f:
+    else:  # GBK, as many Chinese crawls are: detected, then transcoded by pyarrow
+        with open(src, "w", encoding="gbk", newline="") as f:
             csv.writer(f).writerows([["id", "text"], *zip(ids, ts)])
     run = trained_runs["lora"]
     out = tmp_path / "ray.parquet"

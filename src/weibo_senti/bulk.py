@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import tables
-from .data import RaggedRow, _parse_label, _pick_text_column, stream_codec, stream_records
+from .data import RaggedRow, _parse_label, stream_codec, stream_records
 from .errors import UserError
 from .files import write_json
 from .progress import progress
@@ -47,7 +47,7 @@ class Predictor:
         run: str | Path | None = None,
         *,
         classifier=None,
-        text_column: str = "review",
+        text_column: str | None = "review",
         prefix: str = "pred_",
         adapter_column: str = "adapter",
         batch_size: int = 16,
@@ -61,7 +61,7 @@ class Predictor:
                 raise UserError("Predictor needs a run folder or a loaded classifier")
             classifier = load_classifier(Path(run), None, base_model, precision)
         self.clf = classifier
-        self.text_column = text_column
+        self.text_column = text_column  # None: review, text, content or the only column
         self.adapter_column = adapter_column
         self.batch_size = batch_size
         labels = self.clf.labels
@@ -82,7 +82,7 @@ class Predictor:
         """The prediction columns for these texts (None, numbers: read as text)."""
         from .predict import is_valid_unicode
 
-        texts = ["" if t is None else str(t) for t in texts]
+        texts = ["" if is_missing(t) else str(t) for t in texts]
         texts = [t if is_valid_unicode(t) else "" for t in texts]
         names = None
         if adapters is not None and len(self.clf.adapters) > 1:
@@ -101,11 +101,39 @@ class Predictor:
         return out
 
     def __call__(self, batch):
-        texts = tables.column(batch, self.text_column)
+        columns = tables.names(batch)
+        self.check_columns(columns, "the batch")
+        texts = tables.column(batch, pick_column(columns, self.text_column, "the batch"))
         adapters = None
         if self.adapter_column in tables.names(batch):
             adapters = tables.column(batch, self.adapter_column)
         return tables.add_columns(batch, self.columns(texts, adapters))
+
+
+def is_missing(value) -> bool:
+    """None, NaN (pandas' missing text) and pandas.NA: no text, not the word 'nan'."""
+    if value is None or (isinstance(value, float) and value != value):
+        return True
+    return type(value).__name__ == "NAType"
+
+
+def pick_column(columns: list[str], wanted: str | None, source) -> str:
+    """The text column: the one asked for, else review, text, content or the only column."""
+    if wanted is not None:
+        if wanted not in columns:
+            raise UserError(
+                f"{source}: no column '{wanted}' (columns: {', '.join(columns)}); use --text-column"
+            )
+        return wanted
+    for alt in ("review", "text", "content"):
+        if alt in columns:
+            return alt
+    if len(columns) == 1:
+        return columns[0]
+    raise UserError(
+        f"{source}: which column holds the texts? (columns: {', '.join(columns)}); "
+        "use --text-column"
+    )
 
 
 @dataclass
@@ -117,6 +145,7 @@ class Shard:
     columns: list[str] = field(default_factory=list)
     rows: int = 0
     schema: object = None  # pyarrow schema of a Parquet input
+    text_column: str = ""  # this shard's own (shards of a folder may name it differently)
     label_like: dict = field(default_factory=dict)  # column -> every value reads as 0/1
 
     @property
@@ -146,8 +175,8 @@ class Shard:
         self.columns = list(seen) or ["text"]
         return self
 
-    def _records(self):
-        return stream_records(self.path, self.encoding, text_lines=self.kind == "txt")
+    def _records(self, quiet: bool = False):
+        return stream_records(self.path, self.encoding, self.kind == "txt", quiet)
 
     def iter_rows(self, skip: int = 0) -> Iterator[dict]:
         """Rows after the first ``skip``; unparsable lines come as rows with no text."""
@@ -155,7 +184,7 @@ class Shard:
             yield from tables.parquet_rows(self.path, skip)
             return
         count = 0
-        for n, rec in self._records():
+        for n, rec in self._records(quiet=True):  # scan() has warned already
             if n == 0:
                 continue
             count += 1
@@ -170,6 +199,7 @@ class Shard:
 
 
 UNPARSABLE = "\0unparsable_line"  # a key no file has: marks a row kept without its text
+TEXT = "\0text_column"  # likewise: the row's text column (its shard's)
 
 
 def find_shards(spec: str | Path) -> list[Path]:
@@ -188,6 +218,11 @@ def find_shards(spec: str | Path) -> list[Path]:
         return found
     if not path.exists():
         raise UserError(f"input file {path} does not exist")
+    if path.suffix.lower() not in INPUT_SUFFIXES:
+        raise UserError(
+            f"{path}: {path.suffix or 'no suffix'} is not an input this reads "
+            f"({', '.join(INPUT_SUFFIXES)}; decompress .gz files first)"
+        )
     return [path]
 
 
@@ -246,7 +281,9 @@ class Job:
             if skip >= shard.rows:
                 skip -= shard.rows
                 continue
-            yield from shard.iter_rows(skip)
+            for row in shard.iter_rows(skip):
+                row[TEXT] = shard.text_column
+                yield row
             skip = 0
 
     def chunks(self, skip: int) -> Iterator[list[dict]]:
@@ -261,7 +298,10 @@ class Job:
 
     def score_chunk(self, chunk: list[dict], summary: Summary) -> list[dict]:
         p = self.predictor
-        texts = [r.get(p.text_column) if UNPARSABLE not in r else None for r in chunk]
+        texts = []
+        for r in chunk:
+            column = r.pop(TEXT)
+            texts.append(None if UNPARSABLE in r else r.get(column))
         adapters = [r.get(p.adapter_column) for r in chunk]
         added = p.columns(texts, adapters)
         out = []
@@ -285,37 +325,61 @@ def part_name(i: int, out_kind: str) -> str:
     return f"part-{i:06d}.{out_kind}"
 
 
+def precheck(output: Path | None, resume: bool, overwrite: bool, input_spec=None) -> None:
+    """The refusals that need no model and no pass over the input (the CLI asks first)."""
+    if output is None or not output.suffix or output.is_dir():
+        return
+    if input_spec is not None and output.exists() and Path(input_spec).exists():
+        if output.resolve() == Path(input_spec).resolve():
+            raise UserError(f"--output {output} is the input file: write elsewhere")
+    partial = output.with_name(output.name + ".partial")
+    if partial.exists() and not resume and not overwrite:
+        raise UserError(
+            f"{partial} holds an interrupted run: --resume continues it, --overwrite starts over"
+        )
+    if output.exists() and not partial.exists() and not resume and not overwrite:
+        raise UserError(f"{output} exists; pass --overwrite to replace it (or --resume)")
+
+
 def open_partial(job: Job, resume: bool, overwrite: bool) -> dict | None:
     """The progress to continue from (a fresh one to start), or None: nothing left to do."""
     out, partial = job.output, job.partial
+    precheck(out, resume, overwrite)
     fresh = {"fingerprint": job.fingerprint, "parts": 0, "rows": 0}
     fresh["summary"] = {"empty": 0, "unparsable": 0, "unparsable_lines": [], "truncated": 0}
     if partial.exists() and not resume:
-        if not overwrite:
-            raise UserError(
-                f"{partial} holds an interrupted run: --resume continues it, --overwrite starts over"
-            )
-        remove_partial(partial)
+        remove_partial(partial)  # --overwrite
     if not partial.exists():
         if out.exists() and resume:
+            check_complete(job)
             log.info("%s is complete already", out)
             return None
-        if out.exists() and not overwrite:
-            raise UserError(f"{out} exists; pass --overwrite to replace it (or --resume)")
         return fresh
     try:
         state = json_load(partial / PROGRESS)
     except (OSError, ValueError):
         state = fresh  # killed before the first commit
-    if state.get("fingerprint") != job.fingerprint:
+    changed = [k for k, v in job.fingerprint.items() if state["fingerprint"].get(k) != v]
+    if changed:
+        what = {"inputs": "input files", "run": "run folder files"}
         raise UserError(
-            f"{partial} was started with other inputs, run or options; run without --resume "
-            "and with --overwrite to start over"
+            f"{partial} was started with other {', '.join(what.get(k, k) for k in changed)}; "
+            "run without --resume and with --overwrite to start over"
         )
     for p in partial.glob("part-*"):  # written, but killed before its commit
         if int(p.name[5:11]) >= state["parts"]:
             p.unlink()
     return state
+
+
+def check_complete(job: Job) -> None:
+    """--resume on a finished output: it must hold the input's rows (else: other input)."""
+    have, want = tables.count_rows(job.output), sum(s.rows for s in job.shards)
+    if have != want:
+        raise UserError(
+            f"{job.output} is complete but holds {have} rows and the input has {want}: it was "
+            "scored from other input; --overwrite scores this one"
+        )
 
 
 def remove_partial(partial: Path) -> None:
@@ -411,9 +475,8 @@ def plan_jobs(
     for p in progress(paths, desc="reading inputs", unit="file", disable=len(paths) < 2):
         shard = Shard(p, encoding).scan()
         predictor.check_columns(shard.columns, str(p))
-        if predictor.text_column not in shard.columns:
-            shard_text_column(predictor, shard)
-        check_text_column(predictor.text_column, shard)
+        shard.text_column = pick_column(shard.columns, predictor.text_column, p)
+        check_text_column(shard.text_column, shard)
         shards.append(shard)
     if output is not None and is_folder_output(input_spec, output):
         root = Path(input_spec) if Path(input_spec).is_dir() else common_parent(paths)
@@ -424,10 +487,6 @@ def plan_jobs(
     if output is not None:
         tables.output_kind(output)
     return [make_job(shards, output, predictor, chunk_rows)]
-
-
-def shard_text_column(predictor: Predictor, shard: Shard) -> None:
-    predictor.text_column = _pick_text_column(shard.path, shard.columns, predictor.text_column)
 
 
 def check_text_column(column: str, shard: Shard) -> None:
@@ -457,18 +516,20 @@ def make_job(shards: list[Shard], output, predictor: Predictor, chunk_rows: int)
     clf = predictor.clf
     fingerprint = {
         "inputs": [[str(s.path.resolve()), *file_stamp(s.path), s.encoding] for s in shards],
-        "run": [str(Path(clf.run).resolve()), clf.info.files],
+        "run": [str(Path(clf.run).resolve()), run_stamp(Path(clf.run))],
         "adapters": clf.adapters,
         "precision": clf.precision,
-        "options": [
-            predictor.text_column,
-            predictor.added,
-            predictor.adapter_column,
-            predictor.batch_size,
-            chunk_rows,
-        ],
+        "text columns": [s.text_column for s in shards],
+        "prefix": predictor.added,
+        "adapter column": predictor.adapter_column,
+        "batch size": predictor.batch_size,
+        "chunk rows": chunk_rows,
     }
     return Job(shards, output, predictor, chunk_rows, fingerprint)
+
+
+def run_stamp(run: Path) -> dict:
+    return {p.name: file_stamp(p) for p in sorted(run.iterdir()) if p.is_file()}
 
 
 def file_stamp(path: Path) -> list[int]:

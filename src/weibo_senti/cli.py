@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -231,7 +232,9 @@ def predict(
         Opt(help="Write predictions here: .csv, .tsv, .jsonl, .parquet, or a folder (per shard)"),
     ] = None,
     base_model: RunBase = None,
-    text_column: TextColumn = "review",
+    text_column: Annotated[
+        str | None, Opt(help="Text column (default: review, text, content or the only column)")
+    ] = None,
     encoding: Encoding = None,
     batch_size: BatchSize = 16,
     precision: InferPrecision = "auto",
@@ -265,6 +268,8 @@ def predict(
     if engine not in ("local", "ray"):
         raise UserError(f"--engine must be local or ray, not {engine!r}")
     if input is not None and engine == "ray":
+        if resume or adapter:
+            raise UserError("--engine ray takes one run folder and no --resume (local engine)")
         return predict_ray(
             run,
             input,
@@ -284,6 +289,7 @@ def predict(
         from .tables import output_kind
 
         output_kind(output)  # refuse a bad suffix before the model loads
+    bulk.precheck(output, resume, overwrite, input)  # before the model loads
     clf = load_classifier(run, adapter, base_model, precision)
     if use:
         clf.use(use)
@@ -579,7 +585,6 @@ def _is_number(text: str) -> bool:
 
 def configure_process() -> None:
     """Process-wide settings belong to the command, never to the library."""
-    import os
     import warnings
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)

@@ -154,7 +154,7 @@ def is_jsonl(path: Path) -> bool:
     return path.suffix.lower() in (".jsonl", ".json", ".ndjson")
 
 
-def _rows(stream, path: Path):
+def _rows(stream, path: Path, quiet: bool = False):
     """Yield (line number, dict or None if unparsable) from a text stream of CSV/TSV/JSONL; for
     CSV/TSV first (0, header). The stream splits lines as the format does: csv's own rules
     (\r\n, \r, \n; newline="") or, for JSONL, \n alone (newline="\n"): str.splitlines would
@@ -174,7 +174,7 @@ def _rows(stream, path: Path):
     delimiter = (
         "\t" if path.suffix.lower() == ".tsv" or ("\t" in first and "," not in first) else ","
     )
-    yield from _csv_rows(lines, path, delimiter)
+    yield from _csv_rows(lines, path, delimiter, quiet)
 
 
 class _Lines:
@@ -213,7 +213,7 @@ class RaggedRow(dict):
     would it be?), but its cells, matched to the header from the left, are kept."""
 
 
-def _csv_rows(lines: _Lines, path: Path, delimiter: str):
+def _csv_rows(lines: _Lines, path: Path, delimiter: str, quiet: bool = False):
     reader = csv.reader(lines, delimiter=delimiter)
     try:
         header = [h.strip() for h in _next_row(reader)]
@@ -244,7 +244,7 @@ def _csv_rows(lines: _Lines, path: Path, delimiter: str):
         else:  # unparsable, but its cells are kept for the output (predict --input)
             yield start, RaggedRow(zip(header, row))
         start = reader.line_num + 1
-    if spanning:
+    if spanning and not quiet:
         log.warning(
             "%s: %d rows have line breaks inside quotes, each read as one text (lines %s); "
             "if that is wrong, a quote is unbalanced there",
@@ -313,7 +313,7 @@ def stream_codec(path: Path, encoding: str | None) -> str:
     return detect_codec(head, path, encoding)
 
 
-def stream_records(path: Path, codec: str, text_lines: bool = False):
+def stream_records(path: Path, codec: str, text_lines: bool = False, quiet: bool = False):
     """Like _records, lazily: (0, header) first for CSV/TSV, then (line number, record).
     ``text_lines``: a .txt file, each line a record {"text": line}."""
     # .txt: universal newlines, as read_texts splits them; JSONL: \n alone; CSV: csv's rules
@@ -324,7 +324,7 @@ def stream_records(path: Path, codec: str, text_lines: bool = False):
                 for n, line in enumerate(stream, start=1):
                     yield n, {"text": line.rstrip("\r\n")}
             else:
-                yield from _rows(stream, path)
+                yield from _rows(stream, path, quiet)
         except UnicodeDecodeError as e:
             raise UserError(
                 f"{path}: bytes beyond the first lines are not {codec} ({e.reason}); "

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from . import bulk, tables
+from .data import stream_codec
 from .errors import UserError
 
 
@@ -33,6 +34,9 @@ def read(ray, paths: list[Path], text_column: str):
     kind, files = kinds.pop(), [str(p) for p in paths]
     if kind == "parquet":
         return ray.data.read_parquet(files)
+    codec = stream_codec(paths[0], None)
+    if kind != "csv" and kind != "tsv" and codec not in ("utf-8", "utf-8-sig"):
+        raise UserError(f"{paths[0]} is {codec}: --engine ray reads {kind} in UTF-8 only")
     if kind == "txt":
         return ray.data.read_text(files, drop_empty_lines=False)
     if kind == "jsonl":
@@ -41,9 +45,10 @@ def read(ray, paths: list[Path], text_column: str):
     import pyarrow.csv as pacsv
 
     delimiter = "\t" if kind == "tsv" else ","
-    header = read_header(paths[0], delimiter)
+    header = read_header(paths[0], delimiter, codec)
     return ray.data.read_csv(
         files,
+        read_options=pacsv.ReadOptions(encoding=codec),  # GBK, Big5: transcoded by pyarrow
         parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
         # strings as read: "007" stays "007", an empty cell stays ""
         convert_options=pacsv.ConvertOptions(
@@ -54,8 +59,8 @@ def read(ray, paths: list[Path], text_column: str):
     )
 
 
-def read_header(path: Path, delimiter: str) -> list[str]:
-    with open(path, encoding="utf-8-sig", newline="") as f:
+def read_header(path: Path, delimiter: str, codec: str) -> list[str]:
+    with open(path, encoding=codec, newline="") as f:
         return next(csv.reader(f, delimiter=delimiter), [])
 
 

@@ -102,6 +102,20 @@ def output_schema(input_schema, columns: list[str], added: list[str], input_kind
     return pa.schema(base + prediction_fields(added))
 
 
+def count_rows(path: Path) -> int:
+    """Rows of an output file this module wrote."""
+    out_kind = output_kind(path)
+    if out_kind == "parquet":
+        _, pq = _pyarrow()
+        return pq.ParquetFile(path).metadata.num_rows
+    with open(path, encoding="utf-8", newline="") as f:
+        if out_kind == "jsonl":
+            return sum(1 for line in f if line.strip())
+        return max(
+            0, sum(1 for _ in csv.reader(f, delimiter="\t" if out_kind == "tsv" else ",")) - 1
+        )
+
+
 # ---------------------------------------------------------------- writing
 def write_rows(stream, rows: Iterable[dict], header: list[str], out_kind: str) -> None:
     """CSV/TSV (no header line) or JSONL rows onto a text stream."""
@@ -110,7 +124,15 @@ def write_rows(stream, rows: Iterable[dict], header: list[str], out_kind: str) -
             stream.write(json.dumps(r, ensure_ascii=False, default=str) + "\n")
         return
     writer = csv.DictWriter(stream, fieldnames=header, delimiter="\t" if out_kind == "tsv" else ",")
-    writer.writerows(rows)
+    writer.writerows(map(_cells, rows))
+
+
+def _cells(row: dict) -> dict:
+    """JSON objects and lists (from JSONL or Parquet) as JSON in a CSV cell, not Python's repr."""
+    return {
+        k: json.dumps(v, ensure_ascii=False, default=str) if isinstance(v, (dict, list)) else v
+        for k, v in row.items()
+    }
 
 
 def header_line(header: list[str], out_kind: str) -> str:
