@@ -94,7 +94,11 @@ def score(
     t0 = time.perf_counter()
     started = not ray.is_initialized()
     if started:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        check_reachable(address)
+        try:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        except ConnectionError as e:
+            raise UserError(f"cannot reach the Ray cluster at {address}: {e}") from None
     try:
         # one file is one block: split it (streaming) so every actor gets work
         ds = read(ray, paths, text_column).repartition(target_num_rows_per_block=rows_per_batch)
@@ -121,6 +125,19 @@ def score(
     summary.seconds = time.perf_counter() - t0
     summary.scored = summary.rows
     return summary
+
+
+def check_reachable(address: str | None) -> None:
+    """host:port that nothing answers: one line now (ray.init would retry for many minutes)."""
+    import socket
+
+    host, sep, port = (address or "").rpartition(":")
+    if not sep or not port.isdigit() or address.startswith("ray://"):
+        return  # none (local Ray), "auto", or a Ray client address: Ray's own checks
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as e:
+        raise UserError(f"cannot reach the Ray cluster at {address}: {e}") from None
 
 
 def cpus_each(ray, workers: int) -> float:
