@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import tables
-from .data import RaggedRow, _parse_label, stream_codec, stream_records
+from .data import RaggedRow, _parse_label, pick_text_column, stream_codec, stream_records
 from .errors import UserError
 from .files import write_json
 from .progress import progress
@@ -103,7 +103,7 @@ class Predictor:
     def __call__(self, batch):
         columns = tables.names(batch)
         self.check_columns(columns, "the batch")
-        texts = tables.column(batch, pick_column(columns, self.text_column, "the batch"))
+        texts = tables.column(batch, pick_text_column(columns, self.text_column, "the batch"))
         adapters = None
         if self.adapter_column in tables.names(batch):
             adapters = tables.column(batch, self.adapter_column)
@@ -115,25 +115,6 @@ def is_missing(value) -> bool:
     if value is None or (isinstance(value, float) and value != value):
         return True
     return type(value).__name__ == "NAType"
-
-
-def pick_column(columns: list[str], wanted: str | None, source) -> str:
-    """The text column: the one asked for, else review, text, content or the only column."""
-    if wanted is not None:
-        if wanted not in columns:
-            raise UserError(
-                f"{source}: no column '{wanted}' (columns: {', '.join(columns)}); use --text-column"
-            )
-        return wanted
-    for alt in ("review", "text", "content"):
-        if alt in columns:
-            return alt
-    if len(columns) == 1:
-        return columns[0]
-    raise UserError(
-        f"{source}: which column holds the texts? (columns: {', '.join(columns)}); "
-        "use --text-column"
-    )
 
 
 @dataclass
@@ -475,7 +456,7 @@ def plan_jobs(
     for p in progress(paths, desc="reading inputs", unit="file", disable=len(paths) < 2):
         shard = Shard(p, encoding).scan()
         predictor.check_columns(shard.columns, str(p))
-        shard.text_column = pick_column(shard.columns, predictor.text_column, p)
+        shard.text_column = pick_text_column(shard.columns, predictor.text_column, p)
         check_text_column(shard.text_column, shard)
         shards.append(shard)
     if output is not None and is_folder_output(input_spec, output):

@@ -396,7 +396,7 @@ def read_texts(
     header, records = _records(path, encoding)
     # JSONL has no header: every key any row has, in order of first appearance
     columns = header or list(dict.fromkeys(k for _, r in records if r for k in r)) or [text_column]
-    column = _pick_text_column(path, columns, text_column)
+    column = pick_text_column(columns, text_column, path, strict=False)
     values = [r.get(column) for _, r in records if r is not None]
     if column == "label" or (values and all(_parse_label(v) is not None for v in values)):
         raise UserError(
@@ -423,16 +423,23 @@ def read_texts(
     return Examples(texts, None, str(path), kept, rows_read=len(records))
 
 
-def _pick_text_column(path: Path, columns: list[str], wanted: str) -> str:
+def pick_text_column(columns: list[str], wanted: str | None, source, strict: bool = True) -> str:
+    """The column asked for, else review, text, content or the only column. ``strict``: a
+    column asked for must exist (never swapped for another)."""
     if wanted in columns:
         return wanted
+    if wanted is not None and strict:
+        raise UserError(
+            f"{source}: no column '{wanted}' (columns: {', '.join(columns)}); use --text-column"
+        )
     for alt in ("review", "text", "content"):
         if alt in columns:
             return alt
     if len(columns) == 1:
         return columns[0]
     raise UserError(
-        f"{path}: no column '{wanted}' (columns: {', '.join(columns)}); use --text-column"
+        f"{source}: no column '{wanted or 'review'}' (columns: {', '.join(columns)}); "
+        "use --text-column"
     )
 
 
