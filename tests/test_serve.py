@@ -260,3 +260,64 @@ def test_bad_explain_requests_get_clear_json(client, payload, status, message):
 def test_unknown_fields_are_refused_not_ignored(client):
     r = client.post("/v1/predict", json={"texts": [POS], "adaptor": "bottleneck"})
     assert r.status_code == 422 and r.json()["details"][0]["field"] == "adaptor"
+
+
+def test_metrics_count_what_was_asked(clf):
+    """GET /metrics parsed with prometheus_client's own parser: the counts are the requests."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with TestClient(create_app(clf)) as c:
+        for texts in (["好棒"], ["差坏", "乐美"], ["赞", "", "恨"]):
+            assert c.post("/v1/predict", json={"texts": texts}).status_code == 200
+        assert c.post("/v1/predict", json={"texts": ["好"], "adaptor": "x"}).status_code == 422
+        assert c.get("/no/such/page").status_code == 404
+        scraped = c.get("/metrics")
+    assert scraped.status_code == 200 and scraped.headers["content-type"].startswith("text/plain")
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(scraped.text)
+        for s in family.samples
+    }
+
+    def value(name, **labels):
+        return samples.get((name, tuple(sorted(labels.items()))), 0)
+
+    predict = {"method": "POST", "route": "/v1/predict"}
+    assert value("weibo_senti_requests_total", status="200", **predict) == 3
+    assert value("weibo_senti_requests_total", status="422", **predict) == 1
+    assert value("weibo_senti_requests_total", method="GET", route="other", status="404") == 1
+    assert value("weibo_senti_request_seconds_count", route="/v1/predict") == 4
+    assert value("weibo_senti_batch_texts_sum") == 6  # every text, empty ones too
+    assert sum(v for (n, _), v in samples.items() if n == "weibo_senti_texts_total") == 6
+    assert ("weibo_senti_queue_depth", ()) in samples
+
+
+def test_tei_predict_in_every_input_form(client, clf):
+    """text-embeddings-inference's POST /predict: a string, a list, a list of lists."""
+    texts = ["好棒喜爱乐美", "差坏烂恨糟"]
+    expected = clf.predict(texts)  # the active adapter, as the server's default
+    one = client.post("/predict", json={"inputs": texts[0]}).json()
+    assert [d["label"] for d in one] == sorted(
+        clf.labels, key=lambda n: -expected[0].probabilities[n]
+    )
+    assert abs(one[0]["score"] - expected[0].score) < 1e-5
+    for inputs in (texts, [[t] for t in texts]):
+        many = client.post("/predict", json={"inputs": inputs}).json()
+        assert [m[0]["label"] for m in many] == [p.label for p in expected]
+    raw = client.post("/predict", json={"inputs": texts[0], "raw_scores": True}).json()
+    assert {d["label"]: d["score"] for d in raw} == pytest.approx(
+        dict(zip(clf.labels, expected[0].logits)), abs=1e-4
+    )
+    long = "好" * 500
+    assert client.post("/predict", json={"inputs": long}).status_code == 422  # TEI's default
+    assert client.post("/predict", json={"inputs": long, "truncate": True}).status_code == 200
+    pair = client.post("/predict", json={"inputs": [["好", "坏"]]})
+    assert pair.status_code == 422 and "pairs" in pair.json()["error"]
+    assert client.post("/predict", json={"inputs": [""]}).status_code == 422
+    # the Inference API shape at POST / (what InferenceClient sends; its live test is in
+    # test_serve_live.py)
+    api = client.post("/", json={"inputs": texts[1], "parameters": {"top_k": 1}}).json()
+    assert api == [
+        [{"label": expected[1].label, "score": pytest.approx(expected[1].score, abs=1e-5)}]
+    ]
+    assert client.get("/v1/predict").status_code == 405  # /v1/predict is as it was

@@ -371,3 +371,19 @@ def test_web_page_in_a_real_browser(server, local_classifier, tmp_path):
         browser.close()
     # works offline: nothing but our own server was asked for anything
     assert requested and all(u.startswith(server.url) for u in requested), requested
+
+
+def test_huggingface_inference_client_unchanged(server, local_classifier, monkeypatch):
+    """A stock huggingface_hub InferenceClient pointed at the server, called the default way."""
+    from huggingface_hub import InferenceClient, constants
+
+    # HF_HUB_OFFLINE (set on machines like this one) blocks every URL, a local server's too
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    client = InferenceClient(server.url)  # no token: none is sent to a local URL
+    texts = ["好棒喜爱乐美赞", "差坏烂恨糟怒哭"]
+    expected = local_classifier.predict(texts)
+    for text, want in zip(texts, expected):
+        got = client.text_classification(text)
+        assert got[0].label == want.label
+        assert abs(got[0].score - want.score) < 1e-5
+        assert {e.label for e in got} == set(local_classifier.labels)

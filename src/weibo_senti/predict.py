@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,9 +27,13 @@ class Prediction:
     probabilities: dict[str, float] | None
     truncated: bool = False  # the text was longer than max_length tokens and was cut
     adapter: str | None = None  # the adapter that answered
+    # the calibrated head's raw scores (TEI's raw_scores); not part of the JSON answers
+    logits: list[float] | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        del out["logits"]
+        return out
 
 
 class SentimentClassifier:
@@ -230,6 +234,7 @@ class SentimentClassifier:
                     {name: float(p) for name, p in zip(self.labels, probs[j])},
                     truncated[j],
                     names[i],
+                    [float(x) for x in logits[j]],
                 )
         return out
 

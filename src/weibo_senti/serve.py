@@ -39,6 +39,53 @@ class PredictRequest(BaseModel):
         return texts
 
 
+def _check_unicode(texts: list[str]) -> None:
+    for i, text in enumerate(texts):
+        if not is_valid_unicode(text):
+            raise ValueError(f"text {i} is {INVALID_UNICODE}")
+
+
+class InferenceRequest(BaseModel):
+    """POST / : the Hugging Face Inference API's shape, what ``InferenceClient(url)`` sends."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    inputs: str | list[str] = Field(description="a post or up to 256 posts")
+    parameters: dict | None = Field(None, description="top_k, function_to_apply")
+    options: dict | None = None  # the Inference API's wait_for_model, use_cache: no meaning here
+
+    def texts(self) -> list[str]:
+        return [self.inputs] if isinstance(self.inputs, str) else list(self.inputs)
+
+
+class TEIRequest(BaseModel):
+    """POST /predict : text-embeddings-inference's request for classification models."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    inputs: str | list[str] | list[list[str]]
+    truncate: bool = False  # TEI's default: a post longer than the model is an error
+    raw_scores: bool = False
+    truncation_direction: str = "right"
+
+    def texts(self) -> list[str]:
+        if isinstance(self.inputs, str):
+            return [self.inputs]
+        out = []
+        for item in self.inputs:
+            if isinstance(item, list) and len(item) != 1:
+                raise ValueError("sentence pairs are not supported: one post per input")
+            out.append(item[0] if isinstance(item, list) else item)
+        return out
+
+
+def label_scores(pred, labels: list[str], raw: bool, top_k: int | None = None) -> list[dict]:
+    """[{label, score}] best first: probabilities (calibrated), or the raw logits."""
+    values = pred.logits if raw else [pred.probabilities[n] for n in labels]
+    ranked = sorted(zip(labels, values), key=lambda kv: -kv[1])
+    return [{"label": n, "score": float(v)} for n, v in ranked[:top_k]]
+
+
 class ExplainRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -76,9 +123,11 @@ class Batcher:
         max_wait_ms: float = 5.0,
         queue_size: int = 256,
         enabled: bool = True,
+        telemetry=None,
     ):
         self.clf, self.max_batch, self.max_wait = clf, max_batch, max_wait_ms / 1000
         self.enabled = enabled
+        self.telemetry = telemetry
         self.queue: asyncio.Queue[Job] = asyncio.Queue(maxsize=queue_size)
         self.worker: asyncio.Task | None = None
         # The classifier switches adapters in place: one thread at a time may use it.
@@ -111,7 +160,12 @@ class Batcher:
             self.queue.put_nowait(job)
         except asyncio.QueueFull:
             raise QueueFull from None
+        self._gauge_queue()
         return await job.future
+
+    def _gauge_queue(self) -> None:
+        if self.telemetry is not None:
+            self.telemetry.queue.set(self.queue.qsize())
 
     async def _run(self) -> None:
         while True:
@@ -128,6 +182,7 @@ class Batcher:
                         if left <= 0:
                             break
                         await asyncio.sleep(min(0.001, left))
+            self._gauge_queue()
             try:
                 await self._answer(jobs)
             finally:
@@ -159,6 +214,9 @@ class Batcher:
         if self.clf.bank is not None:
             names = [j.adapter or self.clf.active_adapter for j in jobs for _ in j.texts]
         preds = self.clf.predict(texts, adapter=names)
+        if self.telemetry is not None:
+            active = self.clf.active_adapter or "default"
+            self.telemetry.observe_batch(names or [active] * len(texts))
         out, i = [], 0
         for j in jobs:
             out.append(preds[i : i + len(j.texts)])
@@ -208,11 +266,14 @@ def create_app(
 
     from fastapi_offline import FastAPIOffline
 
-    state = {"ready": False, "batcher": None}
+    from .telemetry import Telemetry
+
+    state = {"ready": False, "batcher": None, "telemetry": Telemetry()}
 
     @asynccontextmanager
     async def lifespan(app):
-        batcher = Batcher(clf, max_batch, max_wait_ms, queue_size, micro_batching)
+        telemetry = state["telemetry"]
+        batcher = Batcher(clf, max_batch, max_wait_ms, queue_size, micro_batching, telemetry)
         batcher.start()
         state["batcher"], state["ready"] = batcher, True
         yield
@@ -226,6 +287,7 @@ def create_app(
         lifespan=lifespan,
         description="Weibo sentiment (negative/positive) from a fine-tuned GPT-2.",
     )
+    app.state.telemetry = state["telemetry"]
     app.add_middleware(BodyLimit, limit=MAX_BODY)
     app.middleware("http")(json_body_and_log)
     add_error_handlers(app)
@@ -241,12 +303,20 @@ def error(status: int, message: str, **extra):
 
 async def json_body_and_log(request, call_next):
     t0 = time.perf_counter()
-    if request.url.path in ("/v1/predict", "/v1/explain"):
+    if request.url.path in ("/v1/predict", "/v1/explain", "/predict") or (
+        request.url.path == "/" and request.method == "POST"
+    ):
         # `curl -d '{...}'` sends form encoding: the body is JSON whatever the header says.
         headers = [(k, v) for k, v in request.scope["headers"] if k != b"content-type"]
         request.scope["headers"] = headers + [(b"content-type", b"application/json")]
     response = await call_next(request)
-    ms = round(1000 * (time.perf_counter() - t0), 2)
+    seconds = time.perf_counter() - t0
+    ms = round(1000 * seconds, 2)
+    routes = {getattr(r, "path", None) for r in request.app.routes}
+    route = request.url.path if request.url.path in routes else "other"  # bounded labels
+    request.app.state.telemetry.observe_request(
+        request.method, route, response.status_code, seconds
+    )
     log.info(
         json.dumps(
             {
@@ -296,6 +366,15 @@ def add_routes(app, clf, state: dict) -> None:
             return error(503, "loading")
         return {"status": "ok", "adapters": clf.adapters}
 
+    @app.get("/metrics")
+    async def metrics():
+        """Prometheus text format: requests by route and status, latency, batch sizes, queue
+        depth, texts per adapter."""
+        from fastapi.responses import Response
+
+        body, content_type = state["telemetry"].exposition()
+        return Response(body, media_type=content_type)
+
     @app.get("/v1/adapters")
     async def list_adapters():
         return {"adapters": clf.adapters, "default": clf.active_adapter}
@@ -318,6 +397,53 @@ def add_routes(app, clf, state: dict) -> None:
             "predictions": [p.to_dict() for p in preds],
             "adapter": body.adapter or clf.active_adapter,
         }
+
+    async def classify(texts: list[str], truncate: bool = True):
+        """Predictions for the standard endpoints, or the error response they answer with."""
+        try:
+            _check_unicode(texts)
+        except ValueError as e:
+            return error(422, str(e))
+        if not texts or len(texts) > MAX_TEXTS or not all(t.strip() for t in texts):
+            return error(422, f"inputs must be 1 to {MAX_TEXTS} non-empty posts")
+        if not state["ready"]:
+            return error(503, "loading")
+        try:
+            preds = await state["batcher"].submit(texts, None)
+        except QueueFull:
+            return JSONResponse(
+                {"error": "busy, retry shortly"}, status_code=503, headers={"Retry-After": "1"}
+            )
+        long = [i for i, p in enumerate(preds) if p.truncated]
+        if long and not truncate:
+            return error(
+                422, f"input {long[0]} is longer than {clf.max_length} tokens; pass truncate: true"
+            )
+        return preds
+
+    @app.post("/")
+    async def inference_api(body: InferenceRequest):
+        """What huggingface_hub's InferenceClient(url).text_classification(text) sends."""
+        preds = await classify(body.texts())
+        if isinstance(preds, JSONResponse):
+            return preds
+        params = body.parameters or {}
+        raw = params.get("function_to_apply") == "none"
+        top_k = params.get("top_k")
+        return [label_scores(p, clf.labels, raw, top_k) for p in preds]
+
+    @app.post("/predict")
+    async def tei_predict(body: TEIRequest):
+        """text-embeddings-inference's POST /predict: one list for one post, a list per post."""
+        try:
+            texts = body.texts()
+        except ValueError as e:
+            return error(422, str(e))
+        preds = await classify(texts, body.truncate)
+        if isinstance(preds, JSONResponse):
+            return preds
+        answers = [label_scores(p, clf.labels, body.raw_scores) for p in preds]
+        return answers[0] if isinstance(body.inputs, str) else answers
 
     @app.post("/v1/explain")
     async def explain(body: ExplainRequest):
