@@ -14,6 +14,7 @@ The same ``Predictor`` is the ``map_batches`` callable of the Ray engine (engine
 from __future__ import annotations
 
 import glob
+import json
 import logging
 import os
 import shutil
@@ -218,6 +219,11 @@ class Summary:
     seconds: float = 0.0
     outputs: list[str] = field(default_factory=list)
 
+    def counts(self) -> dict:
+        """What progress.json keeps of it (a resumed job's summary goes on from there)."""
+        keys = ("empty", "unparsable", "unparsable_lines", "truncated")
+        return {k: getattr(self, k) for k in keys}
+
     def line(self) -> str:
         rate = self.scored / self.seconds if self.seconds else 0.0
         parts = [f"{self.rows} rows in {len(self.outputs)} output file(s)"]
@@ -244,7 +250,7 @@ class Job:
 
     @property
     def partial(self) -> Path:
-        return self.output.with_name(self.output.name + ".partial")
+        return partial_of(self.output)
 
     def header(self) -> list[str]:
         first = self.shards[0].columns
@@ -302,6 +308,16 @@ class Job:
 PROGRESS = "progress.json"
 
 
+def partial_of(output: Path) -> Path:
+    return output.with_name(output.name + ".partial")
+
+
+def refuse_input_as_output(output: Path, inputs: list[Path]) -> None:
+    for p in inputs:
+        if output.exists() and p.exists() and output.resolve() == p.resolve():
+            raise UserError(f"--output {output} is the input file: write elsewhere")
+
+
 def part_name(i: int, out_kind: str) -> str:
     return f"part-{i:06d}.{out_kind}"
 
@@ -310,10 +326,9 @@ def precheck(output: Path | None, resume: bool, overwrite: bool, input_spec=None
     """The refusals that need no model and no pass over the input (the CLI asks first)."""
     if output is None or not output.suffix or output.is_dir():
         return
-    if input_spec is not None and output.exists() and Path(input_spec).exists():
-        if output.resolve() == Path(input_spec).resolve():
-            raise UserError(f"--output {output} is the input file: write elsewhere")
-    partial = output.with_name(output.name + ".partial")
+    if input_spec is not None:
+        refuse_input_as_output(output, [Path(input_spec)])
+    partial = partial_of(output)
     if partial.exists() and not resume and not overwrite:
         raise UserError(
             f"{partial} holds an interrupted run: --resume continues it, --overwrite starts over"
@@ -327,7 +342,7 @@ def open_partial(job: Job, resume: bool, overwrite: bool) -> dict | None:
     out, partial = job.output, job.partial
     precheck(out, resume, overwrite)
     fresh = {"fingerprint": job.fingerprint, "parts": 0, "rows": 0}
-    fresh["summary"] = {"empty": 0, "unparsable": 0, "unparsable_lines": [], "truncated": 0}
+    fresh["summary"] = Summary().counts()
     if partial.exists() and not resume:
         remove_partial(partial)  # --overwrite
     if not partial.exists():
@@ -337,7 +352,7 @@ def open_partial(job: Job, resume: bool, overwrite: bool) -> dict | None:
             return None
         return fresh
     try:
-        state = json_load(partial / PROGRESS)
+        state = json.loads((partial / PROGRESS).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         state = fresh  # killed before the first commit
     changed = [k for k, v in job.fingerprint.items() if state["fingerprint"].get(k) != v]
@@ -371,12 +386,6 @@ def remove_partial(partial: Path) -> None:
             f"{partial} holds files weibo-senti did not write ({foreign[0]}): not removed"
         )
     shutil.rmtree(partial)
-
-
-def json_load(path: Path) -> dict:
-    import json
-
-    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def run_job(job: Job, resume: bool = False, overwrite: bool = False, bar=None) -> Summary:
@@ -419,19 +428,16 @@ def commit_chunks(job: Job, state: dict, header, out_kind: str, bar, summary: Su
         schema = tables.part_schema(job.partial / part_name(0, out_kind))
     if bar is not None:
         bar.update(state["rows"])
+    counts = Summary(**state["summary"])
     for chunk in job.chunks(state["rows"]):
-        chunk_summary = Summary()
-        rows = job.score_chunk(chunk, chunk_summary)
+        rows = job.score_chunk(chunk, counts)
         path = job.partial / part_name(state["parts"], out_kind)
         tables.write_part(path, rows, header, out_kind, schema)
         if schema is None and out_kind == "parquet":
             schema = tables.part_schema(path)  # JSONL input: the first part decides the types
         state["parts"] += 1
         state["rows"] += len(rows)
-        done = state["summary"]
-        for k in ("empty", "unparsable", "truncated"):
-            done[k] += getattr(chunk_summary, k)
-        done["unparsable_lines"] = (done["unparsable_lines"] + chunk_summary.unparsable_lines)[:5]
+        state["summary"] = counts.counts()
         write_json(job.partial / PROGRESS, state)  # the commit
         summary.scored += len(rows)
         if bar is not None:
@@ -449,9 +455,7 @@ def plan_jobs(
     """Shards and where each goes: one output file, or a folder (one file per shard)."""
     paths = find_shards(input_spec)
     if output is not None:
-        for p in paths:
-            if output.exists() and output.resolve() == p.resolve():
-                raise UserError(f"--output {output} is the input file: write elsewhere")
+        refuse_input_as_output(output, paths)
     shards = []
     for p in progress(paths, desc="reading inputs", unit="file", disable=len(paths) < 2):
         shard = Shard(p, encoding).scan()
@@ -459,7 +463,7 @@ def plan_jobs(
         shard.text_column = pick_text_column(shard.columns, predictor.text_column, p)
         check_text_column(shard.text_column, shard)
         shards.append(shard)
-    if output is not None and is_folder_output(input_spec, output):
+    if output is not None and is_folder_output(output):
         root = Path(input_spec) if Path(input_spec).is_dir() else common_parent(paths)
         return [
             make_job([s], folder_target(output, root, s.path), predictor, chunk_rows)
@@ -478,7 +482,7 @@ def check_text_column(column: str, shard: Shard) -> None:
         )
 
 
-def is_folder_output(input_spec, output: Path) -> bool:
+def is_folder_output(output: Path) -> bool:
     """A folder, or a path without a suffix (an output file needs one to name its format)."""
     return output.is_dir() or not output.suffix
 

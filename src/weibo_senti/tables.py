@@ -17,7 +17,7 @@ from pathlib import Path
 from .errors import UserError
 from .files import atomic_write
 
-OUTPUT_KINDS = ("csv", "tsv", "jsonl", "parquet")
+OUTPUT_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".ndjson", ".parquet")
 
 
 def kind(path: Path) -> str:
@@ -28,17 +28,9 @@ def kind(path: Path) -> str:
 
 
 def output_kind(path: Path) -> str:
-    found = kind(path)
-    if found not in OUTPUT_KINDS or path.suffix.lower() not in (
-        ".csv",
-        ".tsv",
-        ".jsonl",
-        ".json",
-        ".ndjson",
-        ".parquet",
-    ):
+    if path.suffix.lower() not in OUTPUT_SUFFIXES:  # kind() reads any other suffix as CSV
         raise UserError(f"--output must end in .csv, .tsv, .jsonl or .parquet, not {path.name}")
-    return found
+    return kind(path)
 
 
 def _pyarrow():
@@ -78,13 +70,16 @@ def parquet_rows(path: Path, skip: int = 0, batch_rows: int = 4096) -> Iterator[
 
 
 def prediction_fields(added: list[str]):
+    """Arrow types of bulk.Predictor's columns, by their names' endings (any --prefix)."""
     pa, _ = _pyarrow()
-    types = {"label": pa.string(), "label_zh": pa.string(), "truncated": pa.bool_()}
-    types["adapter"] = pa.string()
     out = []
     for name in added:
-        short = name.rsplit("_", 1)[-1] if not name.endswith("label_zh") else "label_zh"
-        out.append(pa.field(name, types.get(short, pa.float64())))
+        if name.endswith(("label", "label_zh", "adapter")):
+            out.append(pa.field(name, pa.string()))
+        elif name.endswith("truncated"):
+            out.append(pa.field(name, pa.bool_()))
+        else:  # score, p_<label>
+            out.append(pa.field(name, pa.float64()))
     return out
 
 
