@@ -30,9 +30,14 @@ def client(clf):
 
 def test_health_adapters_page_and_docs(client):
     assert client.get("/health").json() == {"status": "ok", "adapters": ["weibo", "bottleneck"]}
-    assert client.get("/v1/adapters").json() == {
-        "adapters": ["weibo", "bottleneck"],
-        "default": "weibo",
+    listing = client.get("/v1/adapters").json()
+    assert listing["adapters"] == ["weibo", "bottleneck"] and listing["default"] == "weibo"
+    assert listing["max_adapters"] == 16
+    assert listing["details"]["bottleneck"] == {
+        "kind": "adapter",
+        "source": "given at start",
+        "in_flight": 0,
+        "unloading": False,
     }
     page = client.get("/")
     assert page.status_code == 200 and "微博情感分析" in page.text

@@ -538,15 +538,35 @@ def serve(
     max_connections: Annotated[
         int, Opt(help="Open connections + requests in progress; beyond it 503 at once")
     ] = 512,
+    adapter_root: Annotated[
+        Path | None,
+        Opt(help="Folder whose runs POST /v1/adapters may load (nothing outside it is opened)"),
+    ] = None,
+    admin_token: Annotated[
+        str | None,
+        Opt(
+            help="Token for loading/unloading adapters (Authorization: Bearer); none: off",
+            envvar="WEIBO_SENTI_ADMIN_TOKEN",
+            show_default=False,
+        ),
+    ] = None,
+    max_adapters: Annotated[
+        int, Opt(help="Adapters loaded at once; loading one more evicts the least recently used")
+    ] = 16,
 ):
-    """Serve predictions over HTTP: POST /v1/predict, GET /v1/adapters, /health, a page at /."""
+    """Serve predictions over HTTP: POST /v1/predict, POST / (Inference API), POST /predict
+    (TEI), GET /metrics, /v1/adapters (load/unload with --admin-token), /health, a page at /."""
     for module in ("fastapi", "fastapi_offline", "uvicorn"):
         need_extra(module, "serve", "serve")
     from .predict import load_classifier
     from .serve import serve as run_server
 
+    if adapter_root is not None and not adapter_root.is_dir():
+        raise UserError(f"--adapter-root {adapter_root} is not a folder")
     clf = load_classifier(run, adapter, base_model, precision)
     typer.echo(f"serving {', '.join(clf.adapters) or run} on http://{host}:{port}/", err=True)
+    if adapter_root is not None and not admin_token:
+        typer.echo("--adapter-root without --admin-token: adapters cannot be loaded", err=True)
     run_server(
         clf,
         host,
@@ -557,6 +577,9 @@ def serve(
         micro_batching=micro_batching,
         timeout_keep_alive=timeout_keep_alive,
         max_connections=max_connections,
+        adapter_root=adapter_root,
+        max_adapters=max_adapters,
+        admin_token=admin_token,
     )
 
 

@@ -114,7 +114,22 @@ class SentimentClassifier:
             )
         if info.labels != self.labels:
             raise UserError(f"{run} has labels {info.labels}, the loaded ones {self.labels}")
+        self._check_same_tokenizer(run, info)
         self.bank.add(name, run, info.method)
+
+    def _check_same_tokenizer(self, run: Path, info: RunInfo) -> None:
+        """Adapters share the loaded tokenizer: one that splits or pads otherwise is refused."""
+        theirs = runfolder.run_tokenizer(run, info)
+        if theirs.get_vocab() != self.tokenizer.get_vocab():
+            raise UserError(
+                f"{run} was trained with another tokenizer ({len(theirs)} tokens) than the "
+                f"loaded one ({len(self.tokenizer)} tokens)"
+            )
+        if theirs.model_max_length != self.max_length:
+            raise UserError(
+                f"{run} reads up to {theirs.model_max_length} tokens, the loaded run "
+                f"{self.max_length}: serve them from separate processes"
+            )
 
     def use(self, name: str) -> None:
         """Make ``name`` the adapter that predict() uses by default."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import threading
 import time
 from dataclasses import dataclass, field
 from importlib import resources
@@ -124,23 +123,34 @@ class Batcher:
         queue_size: int = 256,
         enabled: bool = True,
         telemetry=None,
+        adapters=None,
     ):
+        from .serve_adapters import RuntimeAdapters
+
         self.clf, self.max_batch, self.max_wait = clf, max_batch, max_wait_ms / 1000
         self.enabled = enabled
         self.telemetry = telemetry
         self.queue: asyncio.Queue[Job] = asyncio.Queue(maxsize=queue_size)
         self.worker: asyncio.Task | None = None
-        # The classifier switches adapters in place: one thread at a time may use it.
-        self.model_lock = threading.Lock()
+        self.adapters = adapters or RuntimeAdapters(clf)
+        self.model_lock = self.adapters.model_lock
         self.explaining = asyncio.Semaphore(1)  # explanations are costly: one at a time
 
     async def explain(self, text: str, adapter: str | None, steps: int):
-        from .explain import explain
-
         if self.explaining.locked():
             raise QueueFull
-        async with self.explaining:
-            return await asyncio.to_thread(self._locked, explain, self.clf, text, adapter, steps)
+        name = self.adapters.acquire(adapter)  # KeyError: unknown (or being unloaded)
+        # shielded: a client that leaves must not release the adapter while the thread uses it
+        return await asyncio.shield(asyncio.create_task(self._explain(text, name, steps)))
+
+    async def _explain(self, text: str, name: str | None, steps: int):
+        from .explain import explain
+
+        try:
+            async with self.explaining:
+                return await asyncio.to_thread(self._locked, explain, self.clf, text, name, steps)
+        finally:
+            await self.adapters.release(name)
 
     def _locked(self, fn, *args):
         with self.model_lock:
@@ -155,10 +165,14 @@ class Batcher:
             self.worker.cancel()
 
     async def submit(self, texts: list[str], adapter: str | None):
-        job = Job(texts, adapter, asyncio.get_running_loop().create_future())
+        """Predictions by `adapter` (default: the active one); KeyError if it is not loaded.
+        The adapter is held from here until the batch that answers the job is done."""
+        name = self.adapters.acquire(adapter)
+        job = Job(texts, name, asyncio.get_running_loop().create_future())
         try:
             self.queue.put_nowait(job)
         except asyncio.QueueFull:
+            await self.adapters.release(name)
             raise QueueFull from None
         self._gauge_queue()
         return await job.future
@@ -186,7 +200,8 @@ class Batcher:
             try:
                 await self._answer(jobs)
             finally:
-                for _ in jobs:
+                for job in jobs:
+                    await self.adapters.release(job.adapter)
                     self.queue.task_done()
 
     async def _answer(self, jobs: list[Job]) -> None:
@@ -210,13 +225,12 @@ class Batcher:
 
     def _predict(self, jobs: list[Job]):
         texts = [t for j in jobs for t in j.texts]
-        names = None
+        names = None  # resolved when each job was accepted (`submit`): held, never switched
         if self.clf.bank is not None:
-            names = [j.adapter or self.clf.active_adapter for j in jobs for _ in j.texts]
+            names = [j.adapter for j in jobs for _ in j.texts]
         preds = self.clf.predict(texts, adapter=names)
         if self.telemetry is not None:
-            active = self.clf.active_adapter or "default"
-            self.telemetry.observe_batch(names or [active] * len(texts))
+            self.telemetry.observe_batch(names or ["default"] * len(texts))
         out, i = [], 0
         for j in jobs:
             out.append(preds[i : i + len(j.texts)])
@@ -261,19 +275,31 @@ def create_app(
     max_wait_ms: float = 5.0,
     queue_size: int = 256,
     micro_batching: bool = True,
+    adapter_root: str | None = None,
+    max_adapters: int = 16,
+    admin_token: str | None = None,
 ):
+    """The app; `admin_token` turns on loading (from under `adapter_root`) and unloading
+    adapters over HTTP, at most `max_adapters` at once (least recently used evicted)."""
     from contextlib import asynccontextmanager
 
     from fastapi_offline import FastAPIOffline
 
+    from .serve_adapters import RuntimeAdapters
     from .telemetry import Telemetry
 
-    state = {"ready": False, "batcher": None, "telemetry": Telemetry()}
+    telemetry = Telemetry()
+    # refuses a bad bound now, before the server starts
+    adapters = RuntimeAdapters(clf, adapter_root, max_adapters, telemetry)
+    state = {"ready": False, "batcher": None, "telemetry": telemetry, "adapters": adapters}
+    state["admin_token"] = admin_token
 
     @asynccontextmanager
     async def lifespan(app):
         telemetry = state["telemetry"]
-        batcher = Batcher(clf, max_batch, max_wait_ms, queue_size, micro_batching, telemetry)
+        batcher = Batcher(
+            clf, max_batch, max_wait_ms, queue_size, micro_batching, telemetry, adapters
+        )
         batcher.start()
         state["batcher"], state["ready"] = batcher, True
         yield
@@ -292,6 +318,7 @@ def create_app(
     app.middleware("http")(json_body_and_log)
     add_error_handlers(app)
     add_routes(app, clf, state)
+    add_admin_routes(app, state)
     return app
 
 
@@ -303,7 +330,7 @@ def error(status: int, message: str, **extra):
 
 async def json_body_and_log(request, call_next):
     t0 = time.perf_counter()
-    if request.url.path in ("/v1/predict", "/v1/explain", "/predict") or (
+    if request.url.path in ("/v1/predict", "/v1/explain", "/predict", "/v1/adapters") or (
         request.url.path == "/" and request.method == "POST"
     ):
         # `curl -d '{...}'` sends form encoding: the body is JSON whatever the header says.
@@ -312,8 +339,7 @@ async def json_body_and_log(request, call_next):
     response = await call_next(request)
     seconds = time.perf_counter() - t0
     ms = round(1000 * seconds, 2)
-    routes = {getattr(r, "path", None) for r in request.app.routes}
-    route = request.url.path if request.url.path in routes else "other"  # bounded labels
+    route = route_label(request)
     request.app.state.telemetry.observe_request(
         request.method, route, response.status_code, seconds
     )
@@ -328,6 +354,16 @@ async def json_body_and_log(request, call_next):
         )
     )
     return response
+
+
+def route_label(request) -> str:
+    """The route's template (`/v1/adapters/{name}`), or "other": metric labels stay bounded."""
+    from starlette.routing import Match
+
+    for route in request.app.routes:
+        if route.matches(request.scope)[0] == Match.FULL:
+            return getattr(route, "path", "other")
+    return "other"
 
 
 def add_error_handlers(app) -> None:
@@ -377,26 +413,28 @@ def add_routes(app, clf, state: dict) -> None:
 
     @app.get("/v1/adapters")
     async def list_adapters():
-        return {"adapters": clf.adapters, "default": clf.active_adapter}
+        """Loaded adapters, the default one, and for each its kind, source and requests."""
+        return state["adapters"].listing()
+
+    def unknown(name: str | None):
+        loaded = state["adapters"].listing()["adapters"]
+        return error(404, f"unknown adapter '{name}'", adapters=loaded)
 
     @app.post("/v1/predict")
     async def predict(body: PredictRequest):
-        if body.adapter is not None and body.adapter not in clf.adapters:
-            return error(404, f"unknown adapter '{body.adapter}'", adapters=clf.adapters)
         if not state["ready"]:
             return error(503, "loading")
         try:
             preds = await state["batcher"].submit(body.texts, body.adapter)
+        except KeyError:
+            return unknown(body.adapter)
         except QueueFull:
             return JSONResponse(
                 {"error": "busy, retry shortly"}, status_code=503, headers={"Retry-After": "1"}
             )
         except UserError as e:
             return error(400, str(e))
-        return {
-            "predictions": [p.to_dict() for p in preds],
-            "adapter": body.adapter or clf.active_adapter,
-        }
+        return {"predictions": [p.to_dict() for p in preds], "adapter": preds[0].adapter}
 
     async def classify(texts: list[str], truncate: bool = True):
         """Predictions for the standard endpoints, or the error response they answer with."""
@@ -410,6 +448,8 @@ def add_routes(app, clf, state: dict) -> None:
             return error(503, "loading")
         try:
             preds = await state["batcher"].submit(texts, None)
+        except KeyError:
+            return unknown(None)
         except QueueFull:
             return JSONResponse(
                 {"error": "busy, retry shortly"}, status_code=503, headers={"Retry-After": "1"}
@@ -452,12 +492,12 @@ def add_routes(app, clf, state: dict) -> None:
 
         if importlib.util.find_spec("captum") is None:
             return error(501, "explanations need captum: pip install 'weibo-senti[explain]'")
-        if body.adapter is not None and body.adapter not in clf.adapters:
-            return error(404, f"unknown adapter '{body.adapter}'", adapters=clf.adapters)
         if not state["ready"]:
             return error(503, "loading")
         try:
             ex = await state["batcher"].explain(body.text, body.adapter, body.steps)
+        except KeyError:
+            return unknown(body.adapter)
         except QueueFull:
             return JSONResponse(
                 {"error": "busy explaining, retry shortly"},
@@ -471,6 +511,41 @@ def add_routes(app, clf, state: dict) -> None:
     @app.get("/", response_class=HTMLResponse)
     async def page():
         return resources.files("weibo_senti").joinpath("static/index.html").read_text("utf-8")
+
+
+class LoadAdapterRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="the name requests will use")
+    path: str = Field(description="run folder, relative to the server's --adapter-root")
+
+
+def add_admin_routes(app, state: dict) -> None:
+    """Loading and unloading adapters: admin actions behind `Authorization: Bearer <token>`."""
+    from fastapi import Header
+
+    from .serve_adapters import AdminError, check_token
+
+    async def admin(action, authorization: str | None):
+        try:
+            check_token(state["admin_token"], authorization)
+            return await action()
+        except AdminError as e:
+            headers = {"WWW-Authenticate": "Bearer"} if e.status == 401 else None
+            response = error(e.status, e.message)
+            response.headers.update(headers or {})
+            return response
+
+    @app.post("/v1/adapters", status_code=201)
+    async def load_adapter(body: LoadAdapterRequest, authorization: str | None = Header(None)):
+        """Load a LoRA or bottleneck run from under --adapter-root (admin)."""
+        adapters = state["adapters"]
+        return await admin(lambda: adapters.load(body.name, body.path), authorization)
+
+    @app.delete("/v1/adapters/{name}")
+    async def unload_adapter(name: str, authorization: str | None = Header(None)):
+        """Unload an adapter once the requests it accepted are answered (admin)."""
+        return await admin(lambda: state["adapters"].unload(name), authorization)
 
 
 def idle_closing_protocol():

@@ -38,6 +38,13 @@ class Telemetry:
             "weibo_senti_texts", "Texts predicted, by adapter", ["adapter"], registry=r
         )
 
+        self.adapters = Gauge("weibo_senti_adapters", "Adapters loaded", registry=r)
+        self.evictions = Counter(
+            "weibo_senti_adapter_evictions",
+            "Adapters unloaded to stay within --max-adapters",
+            registry=r,
+        )
+
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         self.requests.labels(method, route, str(status)).inc()
         self.latency.labels(route).observe(seconds)
