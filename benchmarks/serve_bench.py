@@ -1,7 +1,11 @@
-"""HTTP serving benchmark: throughput and p50/p99 latency for 1, 8 and 32 concurrent clients,
-micro-batching on and off, GPT-2 small shape with random weights, one post per request.
+"""HTTP serving benchmark: `weibo-senti serve` against the peer a user would otherwise write
+(transformers' `pipeline("text-classification")` in a FastAPI handler,
+`benchmarks/peer_pipeline_server.py`), side by side in one run: same model folder (GPT-2 small
+shape, random weights), same posts (weibo_senti_100k dev), one post per request, 1, 8 and 32
+concurrent clients; requests/s, p50 and p99 latency, errors, and the ratios at 32 clients.
 
-    python benchmarks/serve_bench.py
+    python benchmarks/serve_bench.py                # ours (default settings) and the peer
+    python benchmarks/serve_bench.py --servers ours ours-bf16 peer
 """
 
 from __future__ import annotations
@@ -29,40 +33,47 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(run: Path, micro: bool) -> tuple[subprocess.Popen, str]:
+SERVERS = {
+    "ours": ["-m", "weibo_senti.cli", "serve", "{run}"],
+    "ours-no-batching": ["-m", "weibo_senti.cli", "serve", "{run}", "--no-micro-batching"],
+    "ours-bf16": ["-m", "weibo_senti.cli", "serve", "{run}", "--precision", "bf16"],
+    "peer": [str(Path(__file__).with_name("peer_pipeline_server.py")), "{run}"],
+}
+
+
+def start(run: Path, server: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    cmd = [
-        sys.executable,
-        "-c",
-        "from weibo_senti.cli import main; main()",
-        "serve",
-        str(run),
-        "--port",
-        str(port),
-        "--micro-batching" if micro else "--no-micro-batching",
-    ]
+    cmd = [sys.executable] + [a.format(run=run) for a in SERVERS[server]] + ["--port", str(port)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     for _ in range(1200):
+        if proc.poll() is not None:
+            raise RuntimeError(f"{server} exited with {proc.returncode}: {' '.join(cmd)}")
         try:
             if httpx.get(url + "/health", timeout=1).status_code == 200:
                 return proc, url
         except httpx.HTTPError:
             time.sleep(0.1)
-    raise RuntimeError("server did not start")
+    raise RuntimeError(f"{server} did not start")
 
 
 def load(url: str, texts: list[str], clients: int, requests: int) -> dict:
-    def one(i):
-        with httpx.Client(timeout=120) as c:
-            t0 = time.perf_counter()
-            r = c.post(url + "/v1/predict", json={"texts": [texts[i % len(texts)]]})
-            return time.perf_counter() - t0, r.status_code
+    """`clients` threads, each with its own keep-alive connection, send `requests` one-post
+    requests in all, each as soon as its previous one is answered."""
 
-    one(0)  # warm-up
+    def client(c: int) -> list[tuple[float, int]]:
+        out = []
+        with httpx.Client(timeout=300) as http:
+            for i in range(c, requests, clients):
+                t0 = time.perf_counter()
+                r = http.post(url + "/v1/predict", json={"texts": [texts[i % len(texts)]]})
+                out.append((time.perf_counter() - t0, r.status_code))
+        return out
+
+    client(0)  # warm-up (first-call costs, shapes), not counted
     t0 = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(clients) as ex:
-        res = list(ex.map(one, range(requests)))
+        res = [x for part in ex.map(client, range(clients)) for x in part]
     wall = time.perf_counter() - t0
     lat = sorted(x for x, _ in res)
     return {
@@ -79,7 +90,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--texts", default=str(SHARED / "data/weibo_senti_100k/dev.csv"))
     ap.add_argument("--tokenizer", default=str(SHARED / "models/gpt2-mini-zh"))
-    ap.add_argument("--requests", type=int, default=160)
+    ap.add_argument("--requests", type=int, default=320, help="at 8 and 32 clients (1: a quarter)")
+    ap.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
+    ap.add_argument("--servers", nargs="+", default=["ours", "peer"], choices=list(SERVERS))
     ap.add_argument("--out", default="benchmarks/serve.json")
     ap.add_argument("--plot-only", action="store_true", help="re-draw the PNG from --out")
     args = ap.parse_args()
@@ -94,18 +107,18 @@ def main() -> None:
     configure_process()
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per request
 
-    texts = read_labelled(args.texts).texts[:500]
+    texts = read_labelled(args.texts).texts[:1000]
     run = bench.make_run(
         argparse.Namespace(base_model=None, tokenizer=args.tokenizer),
         Path(tempfile.mkdtemp(prefix="serve-bench-")),
     )
     rows = []
-    for micro in (True, False):
-        proc, url = start(run, micro)
+    for server in args.servers:
+        proc, url = start(run, server)
         try:
-            for clients in (1, 8, 32):
+            for clients in args.clients:
                 n = args.requests if clients > 1 else args.requests // 4
-                row = {"micro_batching": micro, **load(url, texts, clients, n)}
+                row = {"server": server, **load(url, texts, clients, n)}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
         finally:
@@ -114,13 +127,28 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(rows, indent=2))
     plot(rows, Path(args.out).with_suffix(".png"))
-    print("| micro-batching | clients | requests/s | p50 ms | p99 ms | errors |")
-    print("|---|---|---|---|---|---|")
+    print(table(rows))
+
+
+def table(rows: list[dict]) -> str:
+    lines = [
+        "| server | clients | requests/s | p50 ms | p99 ms | errors |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        print(
-            f"| {'on' if r['micro_batching'] else 'off'} | {r['clients']} | "
-            f"{r['req_per_s']:.1f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {r['errors']} |"
+        lines.append(
+            f"| {r['server']} | {r['clients']} | {r['req_per_s']:.1f} | {r['p50_ms']:.0f} | "
+            f"{r['p99_ms']:.0f} | {r['errors']} |"
         )
+    by = {(r["server"], r["clients"]): r for r in rows}
+    for server in dict.fromkeys(r["server"] for r in rows):
+        ours, peer = by.get((server, 32)), by.get(("peer", 32))
+        if server != "peer" and ours and peer:
+            lines.append(
+                f"\n{server} / peer at 32 clients: {ours['req_per_s'] / peer['req_per_s']:.2f}x "
+                f"requests/s; p99 {ours['p99_ms']:.0f} ms vs the peer's p50 {peer['p50_ms']:.0f} ms"
+            )
+    return "\n".join(lines)
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -130,9 +158,15 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    for micro, style, color in ((True, "o-", "tab:blue"), (False, "s--", "tab:orange")):
-        rs = [r for r in rows if r["micro_batching"] == micro]
-        label = "micro-batching " + ("on" if micro else "off")
+    styles = {
+        "ours": ("o-", "tab:blue"),
+        "ours-no-batching": ("^:", "tab:green"),
+        "ours-bf16": ("d-.", "tab:purple"),
+    }
+    for server in dict.fromkeys(r["server"] for r in rows):
+        style, color = styles.get(server, ("s--", "tab:orange"))
+        rs = [r for r in rows if r["server"] == server]
+        label = "pipeline in FastAPI (peer)" if server == "peer" else f"weibo-senti ({server})"
         clients = [r["clients"] for r in rs]
         left.plot(clients, [r["req_per_s"] for r in rs], style, color=color, label=label)
         right.plot(clients, [r["p50_ms"] for r in rs], style, color=color, label=label + ", p50")
@@ -146,7 +180,8 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle("weibo-senti serve, GPT-2 small shape, 2 CPU cores")
+    right.set_yscale("log")
+    fig.suptitle("serving one post per request, GPT-2 small shape, 2 CPU cores")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     print(f"wrote {path}")

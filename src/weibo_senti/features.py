@@ -88,6 +88,24 @@ def pad_batch(
     return batch
 
 
+def token_budget_batches(
+    lengths: list[int], max_count: int, max_tokens: int, multiple: int = 8
+) -> list[list[int]]:
+    """Indices grouped for forward passes: sorted by length, each batch at most ``max_count``
+    rows and at most ``max_tokens`` once padded (rows × longest, rounded up to ``multiple``).
+    Short posts share big batches, long ones smaller ones, so little compute goes to [PAD]
+    (text-embeddings-inference forms its batches by a token budget the same way)."""
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+        width = -(-max(lengths[i], 1) // multiple) * multiple  # sorted: the widest so far
+        if current and (len(current) >= max_count or (len(current) + 1) * width > max_tokens):
+            batches.append(current)
+            current = []
+        current.append(i)
+    return batches + [current] if current else batches
+
+
 class EncodedDataset(torch.utils.data.Dataset):
     """Encoded posts and labels; with ``stripped`` (each post without its emoticons), a share
     ``dropout`` of the posts is served stripped, drawn afresh each epoch from (seed, epoch)."""

@@ -177,15 +177,11 @@ class RuntimeAdapters:
         try:
             async with self.changed:
                 await self.changed.wait_for(lambda: self.in_flight.get(name, 0) == 0)
-            await asyncio.to_thread(self._locked, self._remove_now, name)
+            await asyncio.to_thread(self._locked, self.clf.remove_adapter, name)
         finally:
             self.closing.discard(name)
         for table in (self.in_flight, self.last_used, self.sources):
             table.pop(name, None)
-
-    def _remove_now(self, name: str) -> None:
-        self.clf.remove_adapter(name)
-        self.clf.bank.merge()  # back to a single LoRA adapter: fold it in again (faster)
 
     def _locked(self, fn, *args):
         with self.model_lock:
