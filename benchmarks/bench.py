@@ -80,13 +80,15 @@ def train_phase(args, method, ours, precision="no"):
     import torch
     from transformers import get_linear_schedule_with_warmup
 
-    from weibo_senti import TrainConfig, modeling
+    from weibo_senti import TrainConfig, inference, modeling
     from weibo_senti.features import Collator, EncodedDataset, EpochBatchSampler, encode
+    from weibo_senti.train import make_optimizer
 
     configure_process()
     torch.manual_seed(0)
     cfg = TrainConfig(method=method)
-    model = modeling.apply_method(build_model(args), cfg)
+    base = build_model(args)
+    model = modeling.apply_method(inference.fuse_gelu(base) if ours else base, cfg)
     model.train()
     steps = args.warmup_steps + args.train_steps
     # Both procedures make exactly one epoch over the same pool of real posts, so ours pays
@@ -125,7 +127,7 @@ def train_phase(args, method, ours, precision="no"):
 
         loader = torch.utils.data.DataLoader(SeedDataset(), batch_size=16, shuffle=True)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr)
+    opt = make_optimizer(model, cfg) if ours else torch.optim.AdamW(params, lr=cfg.lr)
     sched = get_linear_schedule_with_warmup(opt, 0, 1000)
     amp = (
         torch.autocast("cpu", dtype=torch.bfloat16)
