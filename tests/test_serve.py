@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 
 import pytest
 from fastapi.testclient import TestClient
@@ -314,8 +315,12 @@ def test_tei_predict_in_every_input_form(client, clf):
         dict(zip(clf.labels, expected[0].logits)), abs=1e-4
     )
     long = "好" * 500
-    assert client.post("/predict", json={"inputs": long}).status_code == 422  # TEI's default
+    too_long = client.post("/predict", json={"inputs": long})  # TEI's default and answer
+    assert too_long.status_code == 413 and too_long.json()["error_type"] == "validation"
     assert client.post("/predict", json={"inputs": long, "truncate": True}).status_code == 200
+    assert client.post("/predict", json={"inputs": "好", "truncate": None}).status_code == 200
+    left = {"inputs": long, "truncate": True, "truncation_direction": "left"}
+    assert client.post("/predict", json=left).status_code == 422  # not silently cut right
     pair = client.post("/predict", json={"inputs": [["好", "坏"]]})
     assert pair.status_code == 422 and "pairs" in pair.json()["error"]
     assert client.post("/predict", json={"inputs": [""]}).status_code == 422
@@ -325,4 +330,18 @@ def test_tei_predict_in_every_input_form(client, clf):
     assert api == [
         [{"label": expected[1].label, "score": pytest.approx(expected[1].score, abs=1e-5)}]
     ]
+    sigmoid = client.post(
+        "/", json={"inputs": texts[1], "parameters": {"function_to_apply": "sigmoid"}}
+    ).json()[0]
+    want = {n: 1 / (1 + math.exp(-x)) for n, x in zip(clf.labels, expected[1].logits)}
+    assert {d["label"]: d["score"] for d in sigmoid} == pytest.approx(want, abs=1e-4)
+    for bad in (
+        {"top_k": "1"},
+        {"top_k": 1.5},
+        {"top_k": 0},
+        {"function_to_apply": "foo"},
+        {"adapter": "weibo"},
+    ):
+        r = client.post("/", json={"inputs": texts[1], "parameters": bad})
+        assert r.status_code == 422, (bad, r.text)
     assert client.get("/v1/predict").status_code == 405  # /v1/predict is as it was

@@ -58,6 +58,7 @@ def adapter_root(trained_runs, flipped_run, tmp_path_factory):  # noqa: F811
     linked = shutil.copytree(flipped_run, root / "linked-weights")
     (linked / "adapter_model.safetensors").unlink()
     (linked / "adapter_model.safetensors").symlink_to(outside / "adapter_model.safetensors")
+    (root / "loop").symlink_to(root / "loop")
     return root
 
 
@@ -157,6 +158,13 @@ def test_nothing_outside_the_root_is_opened(server, path):
     r = load(server, "x", path)
     assert r.status_code == 400, r.text
     assert "adapter root" in r.json()["error"]
+    assert "x" not in loaded(server)
+
+
+@pytest.mark.parametrize("path", ["weibo\x00", "x" * 300, "x/" * 3000, "loop"])
+def test_unusable_paths_are_a_clear_400_not_a_500(server, path):
+    r = load(server, "x", path)
+    assert r.status_code == 400 and "cannot be used" in r.json()["error"], r.text
     assert "x" not in loaded(server)
 
 
@@ -262,3 +270,40 @@ def test_unload_waits_for_the_requests_it_accepted(trained_runs, flipped_run):  
     assert [p.adapter for p in preds] == ["flip"] * len(TEXTS)
     assert [p.probabilities for p in preds] == want
     assert clf.adapters == ["weibo"]
+
+
+def test_default_routes_keep_answering_while_the_default_is_unloaded(trained_runs, flipped_run):  # noqa: F811
+    """Requests naming no adapter go to the next one as soon as the default's unload starts
+    (never a 404 for them); an empty name is not the default; a second unload of the same
+    name is a 404, not a 500."""
+    from weibo_senti.serve import Batcher
+    from weibo_senti.serve_adapters import AdminError, RuntimeAdapters
+
+    clf = SentimentClassifier.load(trained_runs["lora"], precision="fp32", name="weibo")
+    clf.add_adapter("flip", flipped_run)
+    want = clf.predict_proba(TEXTS, adapter="flip")
+
+    async def scenario():
+        batcher = Batcher(clf, adapters=RuntimeAdapters(clf))  # worker not started yet
+        held = asyncio.create_task(batcher.submit(TEXTS, "weibo"))
+        await asyncio.sleep(0.05)
+        first = asyncio.create_task(batcher.adapters.unload("weibo"))
+        second = asyncio.create_task(batcher.adapters.unload("weibo"))
+        await asyncio.sleep(0.05)
+        assert batcher.adapters.listing()["default"] == "flip"
+        fallback = asyncio.create_task(batcher.submit(TEXTS, None))
+        with pytest.raises(KeyError):
+            batcher.adapters.acquire("")
+        batcher.start()
+        await first
+        with pytest.raises(AdminError) as refused:
+            await second
+        assert refused.value.status == 404
+        await batcher.stop()
+        return held.result(), fallback.result()
+
+    held, fallback = asyncio.run(scenario())
+    assert {p.adapter for p in held} == {"weibo"} and {p.adapter for p in fallback} == {"flip"}
+    got = [p.probabilities[n] for p in fallback for n in clf.labels]
+    assert got == pytest.approx(want.ravel().tolist(), abs=1e-6)
+    assert clf.adapters == ["flip"] and clf.active_adapter == "flip"

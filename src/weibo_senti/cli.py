@@ -548,28 +548,32 @@ def serve(
     admin_token: Annotated[
         str | None,
         Opt(
-            help="Token for loading/unloading adapters (Authorization: Bearer); none: off",
+            help="Token for loading/unloading adapters (Authorization: Bearer); none: off. "
+            "Prefer the environment variable: a flag is visible in ps",
             envvar="WEIBO_SENTI_ADMIN_TOKEN",
             show_default=False,
         ),
     ] = None,
     max_adapters: Annotated[
-        int, Opt(help="Adapters loaded at once; loading one more evicts the least recently used")
+        int,
+        Opt(
+            help="Adapters loaded at once, those given here included; loading one more evicts "
+            "the least recently used (the first one too)"
+        ),
     ] = 16,
 ):
     """Serve predictions over HTTP: POST /v1/predict, POST / (Inference API), POST /predict
-    (TEI), GET /metrics, /v1/adapters (load/unload with --admin-token), /health, a page at /."""
+    (TEI), GET /metrics, /health, a page at /; GET /v1/adapters, and with --admin-token and
+    --adapter-root, POST /v1/adapters (load) and DELETE /v1/adapters/NAME (unload)."""
     for module in ("fastapi", "fastapi_offline", "uvicorn"):
         need_extra(module, "serve", "serve")
     from .predict import load_classifier
     from .serve import serve as run_server
 
-    if adapter_root is not None and not adapter_root.is_dir():
-        raise UserError(f"--adapter-root {adapter_root} is not a folder")
+    admin_token = (admin_token or "").strip() or None  # a secret file's trailing newline
+    check_serve_adapters(run, adapter, adapter_root, admin_token, max_adapters)
     clf = load_classifier(run, adapter, base_model, precision)
     typer.echo(f"serving {', '.join(clf.adapters) or run} on http://{host}:{port}/", err=True)
-    if adapter_root is not None and not admin_token:
-        typer.echo("--adapter-root without --admin-token: adapters cannot be loaded", err=True)
     run_server(
         clf,
         host,
@@ -584,6 +588,19 @@ def serve(
         max_adapters=max_adapters,
         admin_token=admin_token,
     )
+
+
+def check_serve_adapters(run, adapters, root, token, max_adapters: int) -> None:
+    """Refuse what cannot work before the model loads; say what will not work."""
+    if root is not None and not root.is_dir():
+        raise UserError(f"--adapter-root {root} is not a folder")
+    given = (run is not None) + len(adapters or [])
+    if max_adapters < 1 or given > max_adapters:
+        raise UserError(f"--max-adapters {max_adapters}: at least 1 and the {given} given")
+    if root is not None and not token:
+        typer.echo("--adapter-root without --admin-token: adapters cannot be loaded", err=True)
+    if token and root is None:
+        typer.echo("--admin-token without --adapter-root: adapters can be unloaded only", err=True)
 
 
 def expand_multi_value(argv: list[str], option: str = "--weights") -> list[str]:

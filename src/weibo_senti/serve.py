@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from importlib import resources
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -44,13 +46,22 @@ def _check_unicode(texts: list[str]) -> None:
             raise ValueError(f"text {i} is {INVALID_UNICODE}")
 
 
+class InferenceParameters(BaseModel):
+    """The text-classification parameters InferenceClient sends (unknown ones are refused)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    top_k: int | None = Field(None, ge=1, strict=True, description="best k labels")
+    function_to_apply: Literal["softmax", "sigmoid", "none"] | None = None
+
+
 class InferenceRequest(BaseModel):
     """POST / : the Hugging Face Inference API's shape, what ``InferenceClient(url)`` sends."""
 
     model_config = ConfigDict(extra="forbid")
 
     inputs: str | list[str] = Field(description="a post or up to 256 posts")
-    parameters: dict | None = Field(None, description="top_k, function_to_apply")
+    parameters: InferenceParameters | None = None
     options: dict | None = None  # the Inference API's wait_for_model, use_cache: no meaning here
 
     def texts(self) -> list[str]:
@@ -63,9 +74,10 @@ class TEIRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     inputs: str | list[str] | list[list[str]]
-    truncate: bool = False  # TEI's default: a post longer than the model is an error
+    truncate: bool | None = False  # TEI's default: a post longer than the model is an error
     raw_scores: bool = False
-    truncation_direction: str = "right"
+    # TEI also cuts from the left; here the run's own rule (keep the start) is the only one
+    truncation_direction: Literal["right", "Right"] = "right"
 
     def texts(self) -> list[str]:
         if isinstance(self.inputs, str):
@@ -78,9 +90,15 @@ class TEIRequest(BaseModel):
         return out
 
 
-def label_scores(pred, labels: list[str], raw: bool, top_k: int | None = None) -> list[dict]:
-    """[{label, score}] best first: probabilities (calibrated), or the raw logits."""
-    values = pred.logits if raw else [pred.probabilities[n] for n in labels]
+def label_scores(pred, labels: list[str], function: str, top_k: int | None = None) -> list[dict]:
+    """[{label, score}] best first: probabilities (softmax of the calibrated head), the raw
+    logits ("none"), or each logit's sigmoid, as transformers' pipeline computes them."""
+    if function == "none":
+        values = pred.logits
+    elif function == "sigmoid":
+        values = [1 / (1 + math.exp(-x)) for x in pred.logits]
+    else:
+        values = [pred.probabilities[n] for n in labels]
     ranked = sorted(zip(labels, values), key=lambda kv: -kv[1])
     return [{"label": n, "score": float(v)} for n, v in ranked[:top_k]]
 
@@ -455,10 +473,9 @@ def add_routes(app, clf, state: dict) -> None:
                 {"error": "busy, retry shortly"}, status_code=503, headers={"Retry-After": "1"}
             )
         long = [i for i, p in enumerate(preds) if p.truncated]
-        if long and not truncate:
-            return error(
-                422, f"input {long[0]} is longer than {clf.max_length} tokens; pass truncate: true"
-            )
+        if long and not truncate:  # TEI's answer: 413, a validation error
+            message = f"input {long[0]} is longer than {clf.max_length} tokens; pass truncate: true"
+            return error(413, message, error_type="validation")
         return preds
 
     @app.post("/")
@@ -467,10 +484,9 @@ def add_routes(app, clf, state: dict) -> None:
         preds = await classify(body.texts())
         if isinstance(preds, JSONResponse):
             return preds
-        params = body.parameters or {}
-        raw = params.get("function_to_apply") == "none"
-        top_k = params.get("top_k")
-        return [label_scores(p, clf.labels, raw, top_k) for p in preds]
+        params = body.parameters or InferenceParameters()
+        function = params.function_to_apply or "softmax"
+        return [label_scores(p, clf.labels, function, params.top_k) for p in preds]
 
     @app.post("/predict")
     async def tei_predict(body: TEIRequest):
@@ -479,10 +495,11 @@ def add_routes(app, clf, state: dict) -> None:
             texts = body.texts()
         except ValueError as e:
             return error(422, str(e))
-        preds = await classify(texts, body.truncate)
+        preds = await classify(texts, bool(body.truncate))
         if isinstance(preds, JSONResponse):
             return preds
-        answers = [label_scores(p, clf.labels, body.raw_scores) for p in preds]
+        function = "none" if body.raw_scores else "softmax"
+        answers = [label_scores(p, clf.labels, function) for p in preds]
         return answers[0] if isinstance(body.inputs, str) else answers
 
     @app.post("/v1/explain")

@@ -39,7 +39,7 @@ def check_token(configured: str | None, authorization: str | None) -> None:
         )
     scheme, _, given = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(
-        given.strip().encode(), configured.encode()
+        given.strip().encode(), configured.strip().encode()
     ):
         raise AdminError(401, "admin token missing or wrong (Authorization: Bearer <token>)")
 
@@ -53,15 +53,21 @@ def run_under_root(root: Path | None, relative: str) -> Path:
     parts = Path(relative).parts
     if not relative or Path(relative).is_absolute() or ".." in parts or "\\" in relative:
         raise outside
-    root = root.resolve()
-    folder = (root / relative).resolve()
-    if not folder.is_relative_to(root) or folder == root:
-        raise outside
-    if not folder.is_dir():
-        raise AdminError(404, f"no run folder {relative!r} under the adapter root")
-    for entry in folder.iterdir():
-        if not entry.resolve().is_relative_to(root):
-            raise AdminError(400, f"{relative}/{entry.name} links out of the adapter root")
+    try:
+        root = root.resolve()
+        folder = (root / relative).resolve()
+        if not folder.is_relative_to(root) or folder == root:
+            raise outside
+        if not folder.is_dir():
+            raise AdminError(404, f"no run folder {relative!r} under the adapter root")
+        # the files read are the folder's own (run.json, weights, tokenizer): none may lead out
+        for entry in folder.iterdir():
+            if not entry.resolve().is_relative_to(root):
+                raise AdminError(400, f"{relative}/{entry.name} links out of the adapter root")
+    except (ValueError, OSError, RuntimeError) as e:  # NUL, name too long, a link loop
+        raise AdminError(
+            400, f"path {relative[:80]!r} cannot be used: {type(e).__name__}"
+        ) from None
     return folder
 
 
@@ -102,7 +108,7 @@ class RuntimeAdapters:
             if name is not None:
                 raise KeyError(name)
             return None
-        name = name or self.clf.active_adapter
+        name = self.default() if name is None else name  # "" names no adapter: 404
         if name not in self.clf.adapters or name in self.closing:
             raise KeyError(name)
         self.in_flight[name] = self.in_flight.get(name, 0) + 1
@@ -116,10 +122,18 @@ class RuntimeAdapters:
         async with self.changed:
             self.changed.notify_all()
 
+    def default(self) -> str | None:
+        """The active adapter; while it is being unloaded, the next one that stays (requests
+        that name no adapter are never refused because of an unload)."""
+        active = self.clf.active_adapter
+        if active not in self.closing:
+            return active
+        return next((n for n in self.clf.adapters if n not in self.closing), None)
+
     def listing(self) -> dict:
         return {
             "adapters": [n for n in self.clf.adapters if n not in self.closing],
-            "default": self.clf.active_adapter,
+            "default": self.default(),
             "max_adapters": self.max_adapters,
             "details": {
                 name: {
@@ -153,9 +167,9 @@ class RuntimeAdapters:
         return {"loaded": name, "kind": self.clf.bank.kinds[name], "evicted": evicted}
 
     async def unload(self, name: str) -> dict:
-        if self.clf.bank is None or name not in self.clf.adapters or name in self.closing:
-            raise AdminError(404, f"no adapter called '{name}' is loaded")
         async with self.admin:
+            if self.clf.bank is None or name not in self.clf.adapters:
+                raise AdminError(404, f"no adapter called '{name}' is loaded")
             if len(self.clf.adapters) == 1:
                 raise AdminError(409, f"'{name}' is the only adapter: load another first")
             await self._remove(name)
@@ -177,11 +191,17 @@ class RuntimeAdapters:
         try:
             async with self.changed:
                 await self.changed.wait_for(lambda: self.in_flight.get(name, 0) == 0)
-            await asyncio.to_thread(self._locked, self.clf.remove_adapter, name)
+            await asyncio.to_thread(self._locked, self._remove_now, name)
         finally:
             self.closing.discard(name)
         for table in (self.in_flight, self.last_used, self.sources):
             table.pop(name, None)
+
+    def _remove_now(self, name: str) -> None:
+        successor = self.default()  # the default requests were already sent to meanwhile
+        self.clf.remove_adapter(name)
+        if self.clf.active_adapter != successor and successor is not None:
+            self.clf.use(successor)
 
     def _locked(self, fn, *args):
         with self.model_lock:
