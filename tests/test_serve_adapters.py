@@ -307,3 +307,30 @@ def test_default_routes_keep_answering_while_the_default_is_unloaded(trained_run
     got = [p.probabilities[n] for p in fallback for n in clf.labels]
     assert got == pytest.approx(want.ravel().tolist(), abs=1e-6)
     assert clf.adapters == ["flip"] and clf.active_adapter == "flip"
+
+
+def test_a_load_does_not_wait_behind_an_unload_that_drains(trained_runs, flipped_run, adapter_root):  # noqa: F811
+    """While 'weibo' waits for its queued request, loading another adapter completes."""
+    from weibo_senti.serve import Batcher
+    from weibo_senti.serve_adapters import RuntimeAdapters
+
+    clf = SentimentClassifier.load(trained_runs["lora"], precision="fp32", name="weibo")
+    clf.add_adapter("flip", flipped_run)
+
+    async def scenario():
+        adapters = RuntimeAdapters(clf, root=adapter_root)
+        batcher = Batcher(clf, adapters=adapters)  # worker not started: 'weibo' stays busy
+        held = asyncio.create_task(batcher.submit(TEXTS, "weibo"))
+        await asyncio.sleep(0.05)
+        unloading = asyncio.create_task(adapters.unload("weibo"))
+        await asyncio.sleep(0.05)
+        loaded = await asyncio.wait_for(adapters.load("bottleneck", "bottleneck"), 30)
+        assert not unloading.done() and loaded["loaded"] == "bottleneck"
+        batcher.start()
+        await unloading
+        await batcher.stop()
+        return held.result()
+
+    held = asyncio.run(scenario())
+    assert {p.adapter for p in held} == {"weibo"}
+    assert sorted(clf.adapters) == ["bottleneck", "flip"]

@@ -546,7 +546,8 @@ def add_admin_routes(app, state: dict) -> None:
     async def admin(action, authorization: str | None):
         try:
             check_token(state["admin_token"], authorization)
-            return await action()
+            # shielded: a client that leaves does not stop a load or unload half-way
+            return await asyncio.shield(asyncio.ensure_future(action()))
         except AdminError as e:
             headers = {"WWW-Authenticate": "Bearer"} if e.status == 401 else None
             response = error(e.status, e.message)

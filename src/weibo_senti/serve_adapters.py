@@ -154,6 +154,8 @@ class RuntimeAdapters:
             raise AdminError(422, "name: 1-64 letters, digits, '.', '_' or '-'")
         folder = run_under_root(self.root, relative)
         async with self.admin:
+            if name in self.closing:
+                raise AdminError(409, f"'{name}' is being unloaded: retry when it is gone")
             if name in self.clf.adapters:
                 raise AdminError(409, f"an adapter called '{name}' is already loaded")
             try:
@@ -163,31 +165,36 @@ class RuntimeAdapters:
             self.last_used[name] = time.monotonic()
             self.sources[name] = relative
             evicted = await self._evict(keep=name)
-            self._count(len(evicted))
+            self._count(len(evicted))  # evictions: counted here, the gauge in _remove
         return {"loaded": name, "kind": self.clf.bank.kinds[name], "evicted": evicted}
 
     async def unload(self, name: str) -> dict:
         async with self.admin:
-            if self.clf.bank is None or name not in self.clf.adapters:
+            staying = self._staying()
+            if self.clf.bank is None or name not in staying:
                 raise AdminError(404, f"no adapter called '{name}' is loaded")
-            if len(self.clf.adapters) == 1:
+            if len(staying) == 1:
                 raise AdminError(409, f"'{name}' is the only adapter: load another first")
-            await self._remove(name)
-            self._count()
+            self.closing.add(name)  # from here on, new requests for it get 404
+        # the admin lock is free while its requests finish: other loads and unloads go on
+        await self._remove(name)
         return {"unloaded": name, "default": self.clf.active_adapter}
+
+    def _staying(self) -> list[str]:
+        return [n for n in self.clf.adapters if n not in self.closing]
 
     async def _evict(self, keep: str) -> list[str]:
         evicted = []
-        while len(self.clf.adapters) > self.max_adapters:
-            others = [n for n in self.clf.adapters if n != keep]
+        while len(self._staying()) > self.max_adapters:
+            others = [n for n in self._staying() if n != keep]
             oldest = min(others, key=lambda n: self.last_used.get(n, 0.0))
+            self.closing.add(oldest)
             await self._remove(oldest)
             evicted.append(oldest)
         return evicted
 
     async def _remove(self, name: str) -> None:
-        """No new requests for `name`; those accepted finish; then its weights go."""
-        self.closing.add(name)
+        """`name` is closing (no new requests); those accepted finish; then its weights go."""
         try:
             async with self.changed:
                 await self.changed.wait_for(lambda: self.in_flight.get(name, 0) == 0)
@@ -196,6 +203,7 @@ class RuntimeAdapters:
             self.closing.discard(name)
         for table in (self.in_flight, self.last_used, self.sources):
             table.pop(name, None)
+        self._count()
 
     def _remove_now(self, name: str) -> None:
         successor = self.default()  # the default requests were already sent to meanwhile
