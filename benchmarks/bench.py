@@ -76,18 +76,20 @@ def slow_tokenizer(args):
 
 
 # ----------------------------------------------------------------------------- training
-def train_phase(args, method, ours, precision="no"):
+def train_phase(args, method, ours, precision="no", checkpointing=False):
     import torch
     from transformers import get_linear_schedule_with_warmup
 
     from weibo_senti import TrainConfig, inference, modeling
     from weibo_senti.features import Collator, EncodedDataset, EpochBatchSampler, encode
-    from weibo_senti.train import make_optimizer
+    from weibo_senti.train import enable_checkpointing, make_optimizer
 
     configure_process()
     torch.manual_seed(0)
     cfg = TrainConfig(method=method)
     base = build_model(args)
+    if checkpointing:
+        enable_checkpointing(base)
     model = modeling.apply_method(inference.fuse_gelu(base) if ours else base, cfg)
     model.train()
     steps = args.warmup_steps + args.train_steps
@@ -298,6 +300,8 @@ def main():
         action="store_true",
         help="redo only the agreement figures of an existing --out file",
     )
+    ap.add_argument("--checkpointing", action="store_true", help="also train with it on")
+    ap.add_argument("--train-only", action="store_true", help="only the training phases")
     ap.add_argument("--out", default="benchmarks/results.json")
     args = ap.parse_args()
     configure_process()
@@ -330,12 +334,18 @@ def main():
     for method in args.methods:
         ref = isolated(train_phase, args, method=method, ours=False)
         row = {"reference": ref}
-        for prec in bf16:
-            ours = isolated(train_phase, args, method=method, ours=True, precision=prec)
+        variants = [(p, False) for p in bf16] + [(p, True) for p in bf16 if args.checkpointing]
+        for prec, gc in variants:
+            ours = isolated(
+                train_phase, args, method=method, ours=True, precision=prec, checkpointing=gc
+            )
             ours["speedup"] = ours["samples_per_s"] / ref["samples_per_s"]
-            row[f"ours_{prec}"] = ours
+            row[f"ours_{prec}" + ("_checkpointing" if gc else "")] = ours
         res["train"][method] = row
         print(method, json.dumps(row), flush=True)
+    if args.train_only:
+        Path(args.out).write_text(json.dumps(res, indent=2))
+        return print(train_table(res))
     import tempfile
 
     run = make_run(args, Path(tempfile.mkdtemp(prefix="bench-run-")))
@@ -368,6 +378,20 @@ def main():
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(res, indent=2))
     print(markdown(res))
+
+
+def train_table(res) -> str:
+    lines = [
+        "| method | variant | samples/s | vs reference | peak RSS MB |",
+        "|---|---|---|---|---|",
+    ]
+    for method, row in res["train"].items():
+        for variant, r in row.items():
+            lines.append(
+                f"| {method} | {variant} | {r['samples_per_s']:.2f} | "
+                f"{r.get('speedup', 1.0):.2f}x | {r['peak_rss_mb']:.0f} |"
+            )
+    return "\n".join(lines)
 
 
 def markdown(res) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -336,3 +337,38 @@ def test_label_smoothing_softens_the_training_loss():
     expected = -(0.9 * torch.log_softmax(logits, -1)[[0, 1], [0, 1]])
     expected -= 0.1 * torch.log_softmax(logits, -1)[[0, 1], [1, 0]]
     assert torch.allclose(smoothed, expected.mean())
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_gradient_checkpointing_trains_the_same_steps(
+    tiny_base, task_files, tmp_path, method, monkeypatch
+):
+    """Recomputing activations changes memory, not the maths: the same losses step by step
+    (dropout replayed from the saved RNG state); and the blocks really are checkpointed."""
+    import transformers.modeling_utils as modeling_utils
+
+    calls = []
+    real = modeling_utils.checkpoint
+    monkeypatch.setattr(
+        modeling_utils, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
+    runs = {}
+    for flag in (False, True):
+        cfg = train_config(
+            method,
+            tiny_base,
+            *task_files,
+            tmp_path / f"gc-{flag}",
+            epochs=1,
+            logging_steps=1,
+            gradient_checkpointing=flag,
+        )
+        train(cfg)
+        runs[flag] = cfg.out
+    plain, checkpointed = (
+        [m["loss"] for m in read_metrics(Path(runs[f])) if m["type"] == "train"]
+        for f in (False, True)
+    )
+    assert len(plain) >= 10
+    assert checkpointed == pytest.approx(plain, abs=1e-4)
+    assert len(calls) >= 2 * len(plain)  # two blocks per training step, only in the second run

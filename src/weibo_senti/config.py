@@ -48,6 +48,9 @@ class TrainConfig:
         "auto", "auto (bf16 where the hardware is fast at it) | fp32 | bf16 | fp16"
     )
     group_by_length: bool = option(True, "Batch posts of similar length together (less padding)")
+    gradient_checkpointing: bool = option(
+        False, "Recompute activations in the backward pass: less memory, slower steps"
+    )
     logging_steps: int = option(50, "Log the training loss every N steps")
     save_steps: int = option(500, "Resumable checkpoint every N steps (and every epoch)")
     lora_r: int = option(8, "LoRA rank")

@@ -201,6 +201,12 @@ def make_accelerator(cfg: TrainConfig):
         ) from None
 
 
+def enable_checkpointing(model) -> None:
+    """transformers' gradient checkpointing, non-reentrant: frozen inputs (LoRA, adapters) need
+    no input-gradient hook, and dropout is replayed from the saved RNG state."""
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def make_optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
     """AdamW over the trainable parameters, fused: one kernel for all of them instead of a loop
     of small ops per tensor."""
@@ -226,6 +232,8 @@ def setup(cfg: TrainConfig, resume: bool, overwrite: bool) -> Setup:
     set_seed(cfg.seed)
     # gelu_new as one fused kernel: same function, a fifth less time and fewer saved tensors
     base_model = inference.fuse_gelu(modeling.load_base_classifier(base, tokenizer))
+    if cfg.gradient_checkpointing:
+        enable_checkpointing(base_model)
     model = modeling.apply_method(base_model, cfg)
     if accelerator.is_main_process and not resume:  # base and data found: now the folder
         runfolder.prepare_new(out, overwrite)
