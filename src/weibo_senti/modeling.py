@@ -10,6 +10,7 @@ from . import adapters
 from .config import TrainConfig
 from .data import LABELS
 from .errors import UserError
+from .inference import fuse_gelu
 
 
 def gpt2_small_config():
@@ -58,7 +59,7 @@ def load_base_classifier(base: Path, tokenizer) -> nn.Module:
     except Exception as e:
         raise UserError(f"cannot load base model weights from {base}: {e}") from None
     check_tokenizer_fits(tokenizer, model.config)
-    return model
+    return fuse_gelu(model)  # for training and prediction alike; saved configs keep gelu_new
 
 
 def check_tokenizer_fits(tokenizer, config) -> None:

@@ -98,7 +98,7 @@ class SentimentClassifier:
             clf = cls(model, tokenizer, info, run, precision)
         else:
             base = runfolder.resolve_base(run, info, base_model)
-            model = inference.fuse_gelu(modeling.load_base_classifier(base, tokenizer).to(device))
+            model = modeling.load_base_classifier(base, tokenizer).to(device)
             clf = cls(model, tokenizer, info, run, precision, AdapterBank(model))
             clf.add_adapter(name or run.resolve().name, run)
             if precision == "int8":  # quantized weights cannot take adapters any more

@@ -33,10 +33,7 @@ class PredictRequest(BaseModel):
     @field_validator("texts")
     @classmethod
     def _unicode(cls, texts: list[str]) -> list[str]:
-        # refused per request, before they reach a batch shared with other requests
-        for i, text in enumerate(texts):
-            if not is_valid_unicode(text):
-                raise ValueError(f"text {i} is {INVALID_UNICODE}")
+        _check_unicode(texts)  # per request, before they reach a batch shared with others
         return texts
 
 
@@ -314,7 +311,6 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app):
-        telemetry = state["telemetry"]
         batcher = Batcher(
             clf, max_batch, max_wait_ms, queue_size, micro_batching, telemetry, adapters
         )
@@ -331,7 +327,7 @@ def create_app(
         lifespan=lifespan,
         description="Weibo sentiment (negative/positive) from a fine-tuned GPT-2.",
     )
-    app.state.telemetry = state["telemetry"]
+    app.state.telemetry = telemetry
     app.add_middleware(BodyLimit, limit=MAX_BODY)
     app.middleware("http")(json_body_and_log)
     add_error_handlers(app)
@@ -344,6 +340,12 @@ def error(status: int, message: str, **extra):
     from fastapi.responses import JSONResponse
 
     return JSONResponse({"error": message, **extra}, status_code=status)
+
+
+def busy(message: str):
+    response = error(503, message)
+    response.headers["Retry-After"] = "1"
+    return response
 
 
 async def json_body_and_log(request, call_next):
@@ -447,9 +449,7 @@ def add_routes(app, clf, state: dict) -> None:
         except KeyError:
             return unknown(body.adapter)
         except QueueFull:
-            return JSONResponse(
-                {"error": "busy, retry shortly"}, status_code=503, headers={"Retry-After": "1"}
-            )
+            return busy("busy, retry shortly")
         except UserError as e:
             return error(400, str(e))
         return {"predictions": [p.to_dict() for p in preds], "adapter": preds[0].adapter}
@@ -469,9 +469,7 @@ def add_routes(app, clf, state: dict) -> None:
         except KeyError:
             return unknown(None)
         except QueueFull:
-            return JSONResponse(
-                {"error": "busy, retry shortly"}, status_code=503, headers={"Retry-After": "1"}
-            )
+            return busy("busy, retry shortly")
         long = [i for i, p in enumerate(preds) if p.truncated]
         if long and not truncate:  # TEI's answer: 413, a validation error
             message = f"input {long[0]} is longer than {clf.max_length} tokens; pass truncate: true"
@@ -516,11 +514,7 @@ def add_routes(app, clf, state: dict) -> None:
         except KeyError:
             return unknown(body.adapter)
         except QueueFull:
-            return JSONResponse(
-                {"error": "busy explaining, retry shortly"},
-                status_code=503,
-                headers={"Retry-After": "1"},
-            )
+            return busy("busy explaining, retry shortly")
         except UserError as e:
             return error(400, str(e))
         return ex.to_dict()
