@@ -630,8 +630,19 @@ def configure_process() -> None:
     """Process-wide settings belong to the command, never to the library."""
     import warnings
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    # Our own progress lines at INFO; other libraries only from WARNING up (ONNX Runtime's
+    # quantizer logs a line per tensor to the root logger).
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
+    logging.getLogger("weibo_senti").setLevel(logging.INFO)
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # a line per checkpoint file
+    # The one-time ONNX export (onnx_runtime.py): torch lists exporters it skips, warns about
+    # axis names, and ONNX Runtime's quantizer suggests a pre-processing step; none of it is
+    # for the user, who sees our one line saying that the export runs.
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    logging.getLogger().handlers[0].addFilter(
+        lambda record: record.levelno >= logging.ERROR or "onnxruntime" not in record.pathname
+    )
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.onnx")
     # transformers warns about uer's out-of-vocabulary bos/eos ids and the fresh head; PEFT
     # calls deprecated helpers: noise to someone running a command.
     warnings.filterwarnings("ignore", category=FutureWarning)

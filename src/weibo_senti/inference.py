@@ -67,6 +67,44 @@ def quantize_int8(model: nn.Module) -> nn.Module:
     return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
 
 
+INT8_ENGINES = ("auto", "onnxruntime", "torch")
+
+
+def int8_engine(requested: str = "auto") -> str:
+    """ "auto": ONNX Runtime where `weibo-senti[onnx]` is installed (faster, see onnx_runtime.py),
+    else torch's dynamic quantization."""
+    from . import onnx_runtime
+    from .errors import UserError
+
+    if requested not in INT8_ENGINES:
+        raise UserError(f"int8 engine must be one of {', '.join(INT8_ENGINES)}")
+    if requested == "torch":
+        return "torch"
+    reason = onnx_runtime.missing()
+    if reason and requested == "onnxruntime":
+        raise UserError(f"the onnxruntime int8 engine needs {reason}")
+    return "torch" if reason else "onnxruntime"
+
+
+class TorchInt8:
+    """torch's dynamic-int8 copy, called like onnx_runtime.OrtClassifier."""
+
+    def __init__(self, model: nn.Module):
+        self.model = quantize_int8(model.cpu()).eval()
+
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+
+def int8_copy(model: nn.Module, engine: str):
+    """An int8 classifier for a plain (merged) model: (input_ids, attention_mask) -> logits."""
+    if engine == "onnxruntime":
+        from .onnx_runtime import int8_classifier
+
+        return int8_classifier(model)
+    return TorchInt8(model)
+
+
 def fuse_gelu(model: nn.Module) -> nn.Module:
     """GPT-2's `gelu_new` runs as five element-wise ops in Python (a quarter of a bf16 forward
     pass on CPU, profiled); transformers' `GELUTanh` is the same formula in one fused kernel
@@ -85,10 +123,7 @@ def prepare(model: nn.Module, precision: str = "fp32") -> nn.Module:
         from .errors import UserError
 
         raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}")
-    model = fuse_gelu(model)
-    if precision == "int8":
-        model = quantize_int8(model.cpu())
-    return model.eval()
+    return fuse_gelu(model).eval()
 
 
 def autocast(precision: str, device: torch.device):

@@ -63,6 +63,7 @@ class SentimentClassifier:
         self.max_tokens = 512 if self.device.type == "cpu" else 1 << 30
         # "auto" on a CPU: small passes of a single model run on int8 weights (inference.py)
         self.int8_rows = 0
+        self.int8_engine = "torch"  # or "onnxruntime" (inference.int8_engine)
         self._int8 = None  # the int8 copy, built on first use, dropped when adapters change
         self.merge_single = False  # fold a lone LoRA adapter back in after removals
 
@@ -75,6 +76,7 @@ class SentimentClassifier:
         precision: str = "auto",
         merge: bool = True,
         name: str | None = None,
+        int8_engine: str = "auto",
     ):
         """Load a run folder; lora/adapter runs also need their base (found through the
         recorded name, absolute path or hub id; ``base_model`` overrides).
@@ -82,8 +84,11 @@ class SentimentClassifier:
         The run's adapter is loaded under ``name`` (default: the folder's name); more can be
         added with ``add_adapter``. A single LoRA adapter is merged into the base weights
         unless ``merge=False``. ``precision``: "bf16" runs under bf16 autocast, "int8"
-        quantizes the linear layers dynamically (CPU, no further adapters), "auto" is bf16
-        where the hardware has fast bf16 (AMX/AVX512-BF16 CPUs, recent GPUs), else fp32.
+        runs on dynamically quantized int8 weights (CPU, no further adapters), "auto" is bf16
+        where the hardware has fast bf16 (AMX/AVX512-BF16 CPUs, recent GPUs), else fp32, and
+        on a CPU with VNNI int8 for the passes it is faster at (inference.int8_rows_for_cpu).
+        ``int8_engine``: "onnxruntime" (the default where `weibo-senti[onnx]` is installed:
+        exported once, cached) or "torch" (torch's dynamic quantization).
         """
         run = Path(run)
         info = runfolder.read_info(run)
@@ -94,7 +99,7 @@ class SentimentClassifier:
         if info.method == "full":
             model = runfolder.load_full_model(run)
             modeling.check_tokenizer_fits(tokenizer, model.config)
-            model = inference.prepare(model.to(device), precision)
+            model = inference.prepare(model.to(device))
             clf = cls(model, tokenizer, info, run, precision)
         else:
             base = runfolder.resolve_base(run, info, base_model)
@@ -102,12 +107,13 @@ class SentimentClassifier:
             clf = cls(model, tokenizer, info, run, precision, AdapterBank(model))
             clf.add_adapter(name or run.resolve().name, run)
             if precision == "int8":  # quantized weights cannot take adapters any more
-                clf._model, clf.bank = inference.prepare(clf.bank.fold(), "int8"), None
+                clf._model, clf.bank = clf.bank.fold(), None
             elif merge:
                 clf.bank.merge()
         clf.merge_single = merge
-        if auto_cpu and precision != "int8":
-            clf.int8_rows = inference.int8_rows_for_cpu()
+        if precision == "int8" or auto_cpu:
+            clf.int8_engine = inference.int8_engine(int8_engine)
+            clf.int8_rows = 1 << 30 if precision == "int8" else inference.int8_rows_for_cpu()
         return clf
 
     # ------------------------------------------------------------------ adapters
@@ -205,7 +211,7 @@ class SentimentClassifier:
     def _forward(self, batch: dict, names: list[str | None]) -> torch.Tensor:
         int8 = self._int8_model(names) if len(names) <= self.int8_rows else None
         if int8 is not None:
-            return int8(**batch).logits
+            return int8(batch["input_ids"], batch["attention_mask"])
         with inference.autocast(self.precision, self.device):
             if self.bank is None:
                 return self.model(**batch).logits
@@ -216,13 +222,13 @@ class SentimentClassifier:
         if self.bank is not None and not (self.bank.merged and set(names) == {self.bank.merged}):
             return None
         if self._int8 is None:
-            if self.bank is None:
-                plain = copy.deepcopy(self._model)
+            if self.bank is None:  # an explicit int8 classifier needs no fp32 passes of its own
+                plain = self._model if self.precision == "int8" else copy.deepcopy(self._model)
             else:
                 plain = copy.deepcopy(self.bank.peft)
                 plain.unmerge_adapter()
                 plain = plain.merge_and_unload()
-            self._int8 = inference.prepare(plain, "int8")
+            self._int8 = inference.int8_copy(plain, self.int8_engine)
         return self._int8
 
     def _row_adapters(self, adapter, n: int) -> list[str | None]:

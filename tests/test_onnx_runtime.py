@@ -1,0 +1,90 @@
+"""int8 on ONNX Runtime (onnx_runtime.py): an exact graph at every shape, answers that agree with
+fp32, one export per model, and a clear line where the extra is missing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from test_bank import TEXTS
+
+from weibo_senti import inference, onnx_runtime, runfolder
+from weibo_senti.errors import UserError
+from weibo_senti.predict import SentimentClassifier
+
+needs_ort = pytest.mark.skipif(
+    onnx_runtime.missing() is not None, reason=f"ONNX Runtime: {onnx_runtime.missing()}"
+)
+
+
+@needs_ort
+def test_exported_graph_is_exact_at_every_batch_and_length(trained_runs, tmp_path):
+    import onnxruntime as ort
+
+    model = inference.fuse_gelu(runfolder.load_full_model(trained_runs["full"])).eval()
+    onnx_runtime.export_fp32(model, tmp_path / "m.onnx")
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    gen = torch.Generator().manual_seed(0)
+    for rows, width in [(1, 1), (1, 7), (3, 17), (16, 40)]:  # none of them the traced (2, 16)
+        ids = torch.randint(1, model.config.vocab_size, (rows, width), generator=gen)
+        ids[0, width // 2 + 1 :] = 0  # a right-padded row
+        mask = (ids != 0).long()
+        got = session.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
+        with torch.inference_mode():
+            want = model(input_ids=ids, attention_mask=mask).logits.numpy()
+        assert np.abs(got - want).max() < 1e-4, (rows, width)
+
+
+@needs_ort
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_onnxruntime_int8_agrees_with_fp32_and_is_exported_once(
+    trained_runs, method, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("WEIBO_SENTI_CACHE", str(tmp_path))
+    exports = []
+    real = onnx_runtime.export_int8
+    monkeypatch.setattr(onnx_runtime, "export_int8", lambda m, t: exports.append(t) or real(m, t))
+    want = SentimentClassifier.load(trained_runs[method], precision="fp32").predict_proba(TEXTS)
+    for _ in range(2):
+        clf = SentimentClassifier.load(trained_runs[method], precision="int8")
+        assert clf.int8_engine == "onnxruntime"
+        got = clf.predict_proba(TEXTS)
+        assert isinstance(clf._int8, onnx_runtime.OrtClassifier)
+        assert (got.argmax(1) == want.argmax(1)).all()
+        assert np.abs(got - want).max() < 0.05
+    assert len(exports) == 1  # the second load found the cached file
+    files = list((tmp_path / "onnx").glob("*/model-int8.onnx"))
+    assert len(files) == 1 and not list((tmp_path / "onnx").glob(".*"))  # no temp folder left
+
+
+@needs_ort
+def test_another_model_gets_its_own_export_and_an_emptied_one_is_redone(trained_runs, tmp_path):
+    full = runfolder.load_full_model(trained_runs["full"]).eval()
+    path = onnx_runtime.cached_int8(full, tmp_path)
+    first = full.score.weight.detach().clone()
+    with torch.no_grad():
+        full.score.weight.add_(1.0)
+    other = onnx_runtime.cached_int8(full, tmp_path)
+    assert other != path and other.is_file() and path.is_file()
+    path.unlink()  # a folder someone emptied
+    with torch.no_grad():
+        full.score.weight.copy_(first)  # the first weights again: the first key
+    assert onnx_runtime.cached_int8(full, tmp_path) == path and path.is_file()
+
+
+def test_int8_engine_choice(monkeypatch):
+    assert inference.int8_engine("torch") == "torch"
+    with pytest.raises(UserError, match="int8 engine must be one of"):
+        inference.int8_engine("tensorrt")
+    monkeypatch.setattr(onnx_runtime, "missing", lambda: "pip install 'weibo-senti[onnx]'")
+    assert inference.int8_engine("auto") == "torch"  # falls back without the extra
+    with pytest.raises(UserError, match=r"weibo-senti\[onnx\]"):
+        inference.int8_engine("onnxruntime")
+
+
+def test_torch_int8_engine_still_agrees_with_fp32(trained_runs):
+    want = SentimentClassifier.load(trained_runs["full"], precision="fp32").predict_proba(TEXTS)
+    clf = SentimentClassifier.load(trained_runs["full"], precision="int8", int8_engine="torch")
+    got = clf.predict_proba(TEXTS)
+    assert isinstance(clf._int8, inference.TorchInt8)
+    assert (got.argmax(1) == want.argmax(1)).all() and np.abs(got - want).max() < 0.05
