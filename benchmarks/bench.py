@@ -161,6 +161,45 @@ def train_phase(args, method, ours, precision="no", checkpointing=False):
 
 
 # ----------------------------------------------------------------------------- inference
+# (row name, precision, CPU engine): every path the product has, and its default last.
+OUR_PATHS = [
+    ("fp32 torch", "fp32", "torch"),
+    ("fp32 onnxruntime", "fp32", "onnxruntime"),
+    ("bf16", "bf16", "torch"),
+    ("int8 torch", "int8", "torch"),
+    ("int8 onnxruntime", "int8", "onnxruntime"),
+    ("auto (default)", "auto", "auto"),
+]
+PEER_ORT = Path(__file__).with_name("peer_onnxruntime.py")
+
+
+def ort_peer_phase(args, run: Path, texts: list[str], tokens: int) -> dict:
+    """optimum's export of the same model, run by ONNX Runtime, in its own environment."""
+    import subprocess
+    import tempfile
+
+    work = Path(tempfile.mkdtemp(prefix="bench-ort-"))
+    spec = work / "texts.json"
+    spec.write_text(json.dumps({"texts": texts, "latency_texts": args.latency_texts}))
+    done = subprocess.run(
+        [args.ort_python, str(PEER_ORT), str(run), str(spec), str(work)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    rows = {}
+    for precision in ("fp32", "int8"):
+        r = out[precision]
+        r.pop("logits")
+        r["real_tokens_per_s"] = r["samples_per_s"] * tokens / len(texts)
+        rows[f"peer: optimum + ORT {precision}"] = r
+    rows["peer: optimum + ORT fp32"]["export_s"] = out["export_s"]
+    rows["peer: optimum + ORT int8"]["quantize_s"] = out["quantize_s"]
+    rows["versions"] = out["versions"]
+    return rows
+
+
 def make_run(args, folder: Path) -> Path:
     """Save the benchmark model as a weibo-senti run, so `ours` is the product's own path."""
     from weibo_senti import modeling, runfolder
@@ -185,7 +224,7 @@ def make_run(args, folder: Path) -> Path:
     return folder
 
 
-def infer_phase(args, run, ours, precision="fp32"):
+def infer_phase(args, run, ours, precision="fp32", engine="torch"):
     import numpy as np
     import torch
 
@@ -194,7 +233,7 @@ def infer_phase(args, run, ours, precision="fp32"):
     if ours:
         from weibo_senti.predict import SentimentClassifier
 
-        clf = SentimentClassifier.load(run, precision=precision)
+        clf = SentimentClassifier.load(run, precision=precision, engine=engine)
 
         def batch_predict(batch_texts):
             return clf.predict_logits(batch_texts)[0]
@@ -249,11 +288,7 @@ def agreement_phase(args):
     ref = SentimentClassifier.load(args.agreement_run, merge=False, precision="fp32")
     ref = ref.predict_proba(texts)
     out = {"run": str(args.agreement_run), "n": len(texts)}
-    for name, kw in [
-        ("fp32 merged", {"precision": "fp32"}),
-        ("bf16", {"precision": "bf16"}),
-        ("int8", {"precision": "int8"}),
-    ]:
+    for name, kw in [(name, dict(precision=p, engine=e)) for name, p, e in OUR_PATHS]:
         p = SentimentClassifier.load(args.agreement_run, **kw).predict_proba(texts)
         out[name] = {
             "label_agreement": float((p.argmax(1) == ref.argmax(1)).mean()),
@@ -302,6 +337,11 @@ def main():
     )
     ap.add_argument("--checkpointing", action="store_true", help="also train with it on")
     ap.add_argument("--train-only", action="store_true", help="only the training phases")
+    ap.add_argument(
+        "--ort-python",
+        default=".venv-ort/bin/python",
+        help="python of an environment with optimum-onnx[onnxruntime] (the ORT peer)",
+    )
     ap.add_argument("--out", default="benchmarks/results.json")
     args = ap.parse_args()
     configure_process()
@@ -351,18 +391,34 @@ def main():
     run = make_run(args, Path(tempfile.mkdtemp(prefix="bench-run-")))
     ref = isolated(infer_phase, args, run=run, ours=False)
     res["infer"]["reference"] = ref
-    for prec in ["fp32", "bf16", "int8"]:
-        r = isolated(infer_phase, args, run=run, ours=True, precision=prec)
+    rows = {}
+    for name, prec, engine in OUR_PATHS:
+        rows[name] = isolated(infer_phase, args, run=run, ours=True, precision=prec, engine=engine)
+        print(name, json.dumps(rows[name]), flush=True)
+    if Path(args.ort_python).is_file():
+        texts, _ = load_texts(args, args.infer_texts, seed=1)  # the texts infer_phase times
+        tokens = round(
+            rows["fp32 torch"]["real_tokens_per_s"]
+            * len(texts)
+            / rows["fp32 torch"]["samples_per_s"]
+        )
+        peer = ort_peer_phase(args, run, texts, tokens)
+        res["ort_versions"] = peer.pop("versions")
+        rows.update(peer)
+        print("ORT peer", json.dumps(peer), flush=True)
+    else:
+        print(f"ORT peer skipped: no {args.ort_python} (see benchmarks/peer_onnxruntime.py)")
+    for r in rows.values():
         r["throughput_speedup"] = r["samples_per_s"] / ref["samples_per_s"]
         r["latency_p50_ratio"] = r["latency_p50_ms"] / ref["latency_p50_ms"]
-        res["infer"][prec] = r
-        print(prec, json.dumps(r), flush=True)
+    res["infer"].update(rows)
     # Useful FLOPs: 2 x non-embedding parameters per real (unpadded) token, plus attention.
     n_layer, d = 12, 768
     flops_per_token = 2 * 12 * n_layer * d * d + 2 * n_layer * 66 * d  # ~66 tokens/post
     for r in res["infer"].values():
         r["useful_gflops"] = r["real_tokens_per_s"] * flops_per_token / 1e9
         r["share_of_fp32_matmul_peak"] = r["useful_gflops"] / res["machine"]["fp32_matmul_gflops"]
+        r.setdefault("peak_rss_mb", float("nan"))
     if Path(args.agreement_run).is_dir():
         res["agreement"] = isolated(agreement_phase, args)
         print("agreement", json.dumps(res["agreement"]), flush=True)
@@ -426,6 +482,16 @@ def markdown(res) -> str:
             f"| {r['latency_p95_ms']:.1f} | {lat} | {r['useful_gflops']:.1f} "
             f"| {100 * r['share_of_fp32_matmul_peak']:.0f}% | {r['peak_rss_mb']:.0f} |"
         )
+    infer = res["infer"]
+    ours = infer.get("auto (default)")
+    for peer in ("peer: optimum + ORT fp32", "peer: optimum + ORT int8"):
+        if ours and peer in infer:
+            p = infer[peer]
+            lines.append(
+                f"\nDefault against {peer[6:]}: batch "
+                f"{ours['samples_per_s'] / p['samples_per_s']:.2f}x its rate, lone post "
+                f"{ours['latency_p50_ms'] / p['latency_p50_ms']:.2f}x its p50 latency."
+            )
     if "agreement" in res:
         a = res["agreement"]
         lines += [

@@ -86,6 +86,12 @@ def measure(model_dir: Path, file_name: str, texts: list[str], latency_texts: in
     }
 
 
+def peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def main() -> None:
     run, texts_file, work = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
     spec = json.loads(texts_file.read_text(encoding="utf-8"))
@@ -97,7 +103,11 @@ def main() -> None:
     import onnxruntime
     import optimum.version
 
-    out["versions"] = {"onnxruntime": onnxruntime.__version__, "optimum": optimum.version.__version__}
+    out["versions"] = {
+        "onnxruntime": onnxruntime.__version__,
+        "optimum": optimum.version.__version__,
+    }
+    out["fp32"]["peak_rss_mb"] = out["int8"]["peak_rss_mb"] = peak_rss_mb()  # both, one process
     print(json.dumps(out))
 
 

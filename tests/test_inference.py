@@ -53,15 +53,16 @@ def test_int8_small_passes_agree_with_fp32_and_big_ones_keep_the_precision(
     assert clf.int8_rows == 2
     calls = []
     monkeypatch.setattr(
-        clf, "_int8_model", lambda names, f=clf._int8_model: calls.append(len(names)) or f(names)
+        inference,
+        "engine_copy",
+        lambda m, p, e, f=inference.engine_copy: calls.append(p) or f(m, p, e),
     )
     got = clf.predict_proba(TEXTS, batch_size=2)  # passes of 2 rows: int8
-    assert calls and clf._int8 is not None
+    assert calls == ["int8"] and "int8" in clf._copies
     assert (got.argmax(1) == want.argmax(1)).all()
     assert abs(got - want).max() < 0.05
-    calls.clear()
     clf.predict_proba(TEXTS, batch_size=16)  # one pass of 5 rows: not int8
-    assert calls == []
+    assert list(clf._copies) == ["int8"] and calls == ["int8"]
 
 
 def test_int8_copy_follows_the_adapters(trained_runs, flipped_run, monkeypatch):  # noqa: F811
@@ -72,16 +73,16 @@ def test_int8_copy_follows_the_adapters(trained_runs, flipped_run, monkeypatch):
     clf.merge_single = True
     fp32 = SentimentClassifier.load(flipped_run, precision="fp32").predict_proba(TEXTS)
     clf.predict(TEXTS)
-    assert clf._int8 is not None
+    assert "int8" in clf._copies
     clf.add_adapter("flip", flipped_run)
-    assert clf._int8 is None and clf.bank.merged is None
+    assert not clf._copies and clf.bank.merged is None
     flip = clf.predict_proba(TEXTS, adapter="flip")
-    assert clf._int8 is None  # several adapters: no int8 copy
+    assert not clf._copies  # several adapters: no int8 copy
     assert abs(flip - fp32).max() < 0.02  # bf16/fp32, flip's own answers
     clf.remove_adapter("weibo")
     assert clf.bank.merged == "flip"
     again = clf.predict_proba(TEXTS)
-    assert clf._int8 is not None
+    assert "int8" in clf._copies
     assert (again.argmax(1) == fp32.argmax(1)).all() and abs(again - fp32).max() < 0.05
 
 

@@ -1,5 +1,6 @@
-"""int8 on ONNX Runtime (onnx_runtime.py): an exact graph at every shape, answers that agree with
-fp32, one export per model, and a clear line where the extra is missing."""
+"""ONNX Runtime as the CPU engine (onnx_runtime.py): an exact graph at every shape, fp32 and int8
+answers that agree with torch's fp32, one export per model, a clear line where the extra is
+missing."""
 
 from __future__ import annotations
 
@@ -42,49 +43,54 @@ def test_onnxruntime_int8_agrees_with_fp32_and_is_exported_once(
 ):
     monkeypatch.setenv("WEIBO_SENTI_CACHE", str(tmp_path))
     exports = []
-    real = onnx_runtime.export_int8
-    monkeypatch.setattr(onnx_runtime, "export_int8", lambda m, t: exports.append(t) or real(m, t))
+    real = onnx_runtime.export
+    monkeypatch.setattr(onnx_runtime, "export", lambda m, t: exports.append(t) or real(m, t))
     want = SentimentClassifier.load(trained_runs[method], precision="fp32").predict_proba(TEXTS)
     for _ in range(2):
         clf = SentimentClassifier.load(trained_runs[method], precision="int8")
-        assert clf.int8_engine == "onnxruntime"
+        assert clf.engine == "onnxruntime"
         got = clf.predict_proba(TEXTS)
-        assert isinstance(clf._int8, onnx_runtime.OrtClassifier)
+        assert isinstance(clf._copies["int8"], onnx_runtime.OrtClassifier)
         assert (got.argmax(1) == want.argmax(1)).all()
         assert np.abs(got - want).max() < 0.05
     assert len(exports) == 1  # the second load found the cached file
     files = list((tmp_path / "onnx").glob("*/model-int8.onnx"))
     assert len(files) == 1 and not list((tmp_path / "onnx").glob(".*"))  # no temp folder left
+    fp32 = SentimentClassifier.load(trained_runs[method], precision="fp32")
+    got = fp32.predict_proba(TEXTS)  # the same export's fp32 graph
+    assert list(fp32._copies) == ["fp32"] and len(exports) == 1
+    assert np.abs(got - want).max() < 1e-5
 
 
 @needs_ort
 def test_another_model_gets_its_own_export_and_an_emptied_one_is_redone(trained_runs, tmp_path):
     full = runfolder.load_full_model(trained_runs["full"]).eval()
-    path = onnx_runtime.cached_int8(full, tmp_path)
+    path = onnx_runtime.cached_export(full, tmp_path)
     first = full.score.weight.detach().clone()
     with torch.no_grad():
         full.score.weight.add_(1.0)
-    other = onnx_runtime.cached_int8(full, tmp_path)
-    assert other != path and other.is_file() and path.is_file()
-    path.unlink()  # a folder someone emptied
+    other = onnx_runtime.cached_export(full, tmp_path)
+    assert other != path and (other / "model-int8.onnx").is_file()
+    (path / "model-fp32.onnx").unlink()  # a folder someone half emptied
     with torch.no_grad():
         full.score.weight.copy_(first)  # the first weights again: the first key
-    assert onnx_runtime.cached_int8(full, tmp_path) == path and path.is_file()
+    assert onnx_runtime.cached_export(full, tmp_path) == path
+    assert (path / "model-fp32.onnx").is_file()
 
 
-def test_int8_engine_choice(monkeypatch):
-    assert inference.int8_engine("torch") == "torch"
-    with pytest.raises(UserError, match="int8 engine must be one of"):
-        inference.int8_engine("tensorrt")
+def test_engine_choice(monkeypatch):
+    assert inference.cpu_engine("torch") == "torch"
+    with pytest.raises(UserError, match="engine must be one of"):
+        inference.cpu_engine("tensorrt")
     monkeypatch.setattr(onnx_runtime, "missing", lambda: "pip install 'weibo-senti[onnx]'")
-    assert inference.int8_engine("auto") == "torch"  # falls back without the extra
+    assert inference.cpu_engine("auto") == "torch"  # falls back without the extra
     with pytest.raises(UserError, match=r"weibo-senti\[onnx\]"):
-        inference.int8_engine("onnxruntime")
+        inference.cpu_engine("onnxruntime")
 
 
 def test_torch_int8_engine_still_agrees_with_fp32(trained_runs):
     want = SentimentClassifier.load(trained_runs["full"], precision="fp32").predict_proba(TEXTS)
-    clf = SentimentClassifier.load(trained_runs["full"], precision="int8", int8_engine="torch")
+    clf = SentimentClassifier.load(trained_runs["full"], precision="int8", engine="torch")
     got = clf.predict_proba(TEXTS)
-    assert isinstance(clf._int8, inference.TorchInt8)
+    assert isinstance(clf._copies["int8"], inference.TorchInt8)
     assert (got.argmax(1) == want.argmax(1)).all() and np.abs(got - want).max() < 0.05

@@ -99,6 +99,10 @@ def score(
             ray.init(address=address, include_dashboard=False, log_to_driver=False)
         except ConnectionError as e:
             raise UserError(f"cannot reach the Ray cluster at {address}: {e}") from None
+    # Input order: Ray's preserve_order, for this run only. A Dataset copies the context when it
+    # is created, so it is set before reading (set only before writing, order held by luck).
+    ctx = ray.data.DataContext.get_current()
+    before, ctx.execution_options.preserve_order = ctx.execution_options.preserve_order, True
     try:
         # one file is one block: split it (streaming) so every actor gets work
         ds = read(ray, paths, text_column).repartition(target_num_rows_per_block=rows_per_batch)
@@ -118,8 +122,9 @@ def score(
             num_cpus=cpus_per_worker or cpus_each(ray, workers),
             num_gpus=gpus_per_worker or None,
         )
-        summary = write_ordered(ray, scored, output, out_kind, prefix)
+        summary = write_ordered(scored, output, out_kind, prefix)
     finally:
+        ctx.execution_options.preserve_order = before
         if started:
             ray.shutdown()
     summary.seconds = time.perf_counter() - t0
@@ -147,13 +152,11 @@ def cpus_each(ray, workers: int) -> float:
     return max(0.25, min(1.0, (total - 1.0) / workers))
 
 
-def write_ordered(ray, ds, output: Path, out_kind: str, prefix: str) -> bulk.Summary:
-    """Batches in input order (Ray's preserve_order, set for this dataset's run only) into one
-    file, written under a temporary name and renamed when complete."""
+def write_ordered(ds, output: Path, out_kind: str, prefix: str) -> bulk.Summary:
+    """Batches as the dataset yields them (in input order: see score) into one file, written
+    under a temporary name and renamed when complete."""
     from .files import atomic_write
 
-    ctx = ray.data.DataContext.get_current()
-    before, ctx.execution_options.preserve_order = ctx.execution_options.preserve_order, True
     summary = bulk.Summary(outputs=[str(output)])
 
     def write(tmp: Path) -> None:
@@ -177,10 +180,7 @@ def write_ordered(ray, ds, output: Path, out_kind: str, prefix: str) -> bulk.Sum
             if writer is not None:
                 writer.close()
 
-    try:
-        atomic_write(output, write)
-    finally:
-        ctx.execution_options.preserve_order = before
+    atomic_write(output, write)
     return summary
 
 

@@ -67,22 +67,22 @@ def quantize_int8(model: nn.Module) -> nn.Module:
     return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
 
 
-INT8_ENGINES = ("auto", "onnxruntime", "torch")
+ENGINES = ("auto", "onnxruntime", "torch")
 
 
-def int8_engine(requested: str = "auto") -> str:
-    """ "auto": ONNX Runtime where `weibo-senti[onnx]` is installed (faster, see onnx_runtime.py),
-    else torch's dynamic quantization."""
+def cpu_engine(requested: str = "auto") -> str:
+    """What runs a single model's fp32 and int8 passes on a CPU. "auto": ONNX Runtime where
+    `weibo-senti[onnx]` is installed (faster, see onnx_runtime.py), else torch."""
     from . import onnx_runtime
     from .errors import UserError
 
-    if requested not in INT8_ENGINES:
-        raise UserError(f"int8 engine must be one of {', '.join(INT8_ENGINES)}")
+    if requested not in ENGINES:
+        raise UserError(f"the CPU engine must be one of {', '.join(ENGINES)}")
     if requested == "torch":
         return "torch"
     reason = onnx_runtime.missing()
     if reason and requested == "onnxruntime":
-        raise UserError(f"the onnxruntime int8 engine needs {reason}")
+        raise UserError(f"the onnxruntime engine needs {reason}")
     return "torch" if reason else "onnxruntime"
 
 
@@ -96,12 +96,14 @@ class TorchInt8:
         return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
 
 
-def int8_copy(model: nn.Module, engine: str):
-    """An int8 classifier for a plain (merged) model: (input_ids, attention_mask) -> logits."""
+def engine_copy(model: nn.Module, precision: str, engine: str):
+    """A plain (merged) model for fp32 or int8 passes: (input_ids, attention_mask) -> logits.
+    torch's int8 changes ``model`` in place (Conv1D to Linear); ONNX Runtime leaves it alone."""
     if engine == "onnxruntime":
-        from .onnx_runtime import int8_classifier
+        from .onnx_runtime import classifier
 
-        return int8_classifier(model)
+        return classifier(model, precision)
+    assert precision == "int8", "torch runs fp32 passes on the model itself"
     return TorchInt8(model)
 
 

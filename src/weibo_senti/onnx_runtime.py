@@ -1,5 +1,6 @@
-"""int8 on ONNX Runtime: the model exported once with torch.onnx, weights quantized by ONNX
-Runtime's own dynamic quantizer, run by its CPU kernels. Owner of the .onnx files.
+"""CPU inference on ONNX Runtime: the model exported once with torch.onnx, a copy with int8
+weights from ONNX Runtime's own dynamic quantizer, both run by its CPU kernels. Owner of the
+.onnx files.
 
 Why not optimum: optimum-onnx 0.1 pins transformers < 5. torch's exporter (dynamo, with
 onnxscript) exports transformers 5's GPT-2 exactly (|Δlogit| < 2e-6 at every tested shape), and
@@ -26,7 +27,7 @@ import torch
 from torch import nn
 
 log = logging.getLogger(__name__)
-FORMAT = "weibo-senti-onnx-int8-v1"  # part of the cache key: bump when the export changes
+FORMAT = "weibo-senti-onnx-v2"  # part of the cache key: bump when the export changes
 
 
 def missing() -> str | None:
@@ -83,36 +84,36 @@ def export_fp32(model: nn.Module, path: Path) -> None:
     program.save(str(path))
 
 
-def export_int8(model: nn.Module, target: Path) -> None:
-    """fp32 export, then dynamic int8 weights, one scale per output channel."""
+FILES = {"fp32": "model-fp32.onnx", "int8": "model-int8.onnx"}
+
+
+def export(model: nn.Module, target: Path) -> None:
+    """fp32 export, then a copy with dynamic int8 weights, one scale per output channel."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    fp32 = target / "model-fp32.onnx"
+    fp32, int8 = target / FILES["fp32"], target / FILES["int8"]
     export_fp32(model, fp32)
-    quantize_dynamic(
-        fp32, target / "model-int8.onnx", weight_type=QuantType.QInt8, per_channel=True
-    )
-    fp32.unlink()
+    quantize_dynamic(fp32, int8, weight_type=QuantType.QInt8, per_channel=True)
 
 
-def cached_int8(model: nn.Module, cache: Path) -> Path:
-    """The int8 ONNX file for this model, exported on first use (atomically, under a lock)."""
+def cached_export(model: nn.Module, cache: Path) -> Path:
+    """The folder holding this model's ONNX files, exported on first use (atomically, locked)."""
     from filelock import FileLock
 
     key = model_key(model)
     folder = cache / key
     cache.mkdir(parents=True, exist_ok=True)
     with FileLock(str(cache / f"{key}.lock")):
-        if not (folder / "model-int8.onnx").is_file():
-            shutil.rmtree(folder, ignore_errors=True)  # an emptied folder: export it again
-            log.info("exporting the model to ONNX for int8 once (cached in %s)", folder)
+        if not all((folder / name).is_file() for name in FILES.values()):
+            shutil.rmtree(folder, ignore_errors=True)  # a folder someone emptied: export again
+            log.info("exporting the model to ONNX once (cached in %s)", folder)
             tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=cache))
             try:
-                export_int8(model.cpu().eval(), tmp)
+                export(model.cpu().eval(), tmp)
                 os.replace(tmp, folder)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
-    return folder / "model-int8.onnx"
+    return folder
 
 
 class OrtClassifier:
@@ -134,8 +135,9 @@ class OrtClassifier:
         return torch.from_numpy(self.session.run(["logits"], feed)[0])
 
 
-def int8_classifier(model: nn.Module, cache: Path | None = None) -> OrtClassifier:
+def classifier(model: nn.Module, precision: str, cache: Path | None = None) -> OrtClassifier:
+    """ONNX Runtime running this model in "fp32" or "int8"."""
     from .hub import cache_dir
 
-    path = cached_int8(model, cache or cache_dir() / "onnx")
-    return OrtClassifier(path, torch.get_num_threads())
+    folder = cached_export(model, cache or cache_dir() / "onnx")
+    return OrtClassifier(folder / FILES[precision], torch.get_num_threads())

@@ -63,8 +63,10 @@ class SentimentClassifier:
         self.max_tokens = 512 if self.device.type == "cpu" else 1 << 30
         # "auto" on a CPU: small passes of a single model run on int8 weights (inference.py)
         self.int8_rows = 0
-        self.int8_engine = "torch"  # or "onnxruntime" (inference.int8_engine)
-        self._int8 = None  # the int8 copy, built on first use, dropped when adapters change
+        self.engine = "torch"  # or "onnxruntime" (inference.cpu_engine)
+        # copies of the single model for fp32/int8 passes on the engine, built on first use,
+        # dropped when adapters change (they hold the weights of the time)
+        self._copies: dict[str, object] = {}
         self.merge_single = False  # fold a lone LoRA adapter back in after removals
 
     @classmethod
@@ -76,7 +78,7 @@ class SentimentClassifier:
         precision: str = "auto",
         merge: bool = True,
         name: str | None = None,
-        int8_engine: str = "auto",
+        engine: str = "auto",
     ):
         """Load a run folder; lora/adapter runs also need their base (found through the
         recorded name, absolute path or hub id; ``base_model`` overrides).
@@ -87,8 +89,8 @@ class SentimentClassifier:
         runs on dynamically quantized int8 weights (CPU, no further adapters), "auto" is bf16
         where the hardware has fast bf16 (AMX/AVX512-BF16 CPUs, recent GPUs), else fp32, and
         on a CPU with VNNI int8 for the passes it is faster at (inference.int8_rows_for_cpu).
-        ``int8_engine``: "onnxruntime" (the default where `weibo-senti[onnx]` is installed:
-        exported once, cached) or "torch" (torch's dynamic quantization).
+        ``engine`` runs a single model's fp32 and int8 passes on a CPU: "onnxruntime" (the
+        default where `weibo-senti[onnx]` is installed: exported once, cached) or "torch".
         """
         run = Path(run)
         info = runfolder.read_info(run)
@@ -111,8 +113,9 @@ class SentimentClassifier:
             elif merge:
                 clf.bank.merge()
         clf.merge_single = merge
+        if clf.device.type == "cpu":
+            clf.engine = inference.cpu_engine(engine)
         if precision == "int8" or auto_cpu:
-            clf.int8_engine = inference.int8_engine(int8_engine)
             clf.int8_rows = 1 << 30 if precision == "int8" else inference.int8_rows_for_cpu()
         return clf
 
@@ -135,7 +138,7 @@ class SentimentClassifier:
         if info.labels != self.labels:
             raise UserError(f"{run} has labels {info.labels}, the loaded ones {self.labels}")
         self._check_same_tokenizer(run, info)
-        self._int8 = None  # the int8 copy stands for the weights before this adapter
+        self._copies.clear()  # they stand for the weights before this adapter
         self.bank.add(name, run, info.method)
 
     def _check_same_tokenizer(self, run: Path, info: RunInfo) -> None:
@@ -158,7 +161,7 @@ class SentimentClassifier:
 
     def remove_adapter(self, name: str) -> None:
         """Unload ``name``: its weights go, the base stays as it was before loading it."""
-        self._int8 = None
+        self._copies.clear()
         self._require_bank().remove(name)
         if self.merge_single:
             self.bank.merge()
@@ -209,27 +212,39 @@ class SentimentClassifier:
         return logits, truncated
 
     def _forward(self, batch: dict, names: list[str | None]) -> torch.Tensor:
-        int8 = self._int8_model(names) if len(names) <= self.int8_rows else None
-        if int8 is not None:
-            return int8(batch["input_ids"], batch["attention_mask"])
+        copy_ = self._engine_copy(names)
+        if copy_ is not None:
+            return copy_(batch["input_ids"], batch["attention_mask"])
         with inference.autocast(self.precision, self.device):
             if self.bank is None:
                 return self.model(**batch).logits
             return self.bank.forward(batch, names)
 
-    def _int8_model(self, names: list[str | None]):
-        """The int8 copy of a single model (a full run, or one LoRA adapter merged), or None."""
-        if self.bank is not None and not (self.bank.merged and set(names) == {self.bank.merged}):
+    def _engine_copy(self, names: list[str | None]):
+        """The copy of the single model that runs this pass (int8 for passes of up to
+        ``int8_rows`` rows, fp32 on ONNX Runtime), or None: the model itself runs it."""
+        if len(names) <= self.int8_rows:
+            precision = "int8"
+        elif self.precision == "fp32" and self.engine == "onnxruntime":
+            precision = "fp32"
+        else:
             return None
-        if self._int8 is None:
-            if self.bank is None:  # an explicit int8 classifier needs no fp32 passes of its own
-                plain = self._model if self.precision == "int8" else copy.deepcopy(self._model)
-            else:
-                plain = copy.deepcopy(self.bank.peft)
-                plain.unmerge_adapter()
-                plain = plain.merge_and_unload()
-            self._int8 = inference.int8_copy(plain, self.int8_engine)
-        return self._int8
+        if self.bank is not None and not (self.bank.merged and set(names) == {self.bank.merged}):
+            return None  # rows for several adapters, or one not merged
+        if precision not in self._copies:
+            self._copies[precision] = inference.engine_copy(
+                self._plain_model(), precision, self.engine
+            )
+        return self._copies[precision]
+
+    def _plain_model(self):
+        """The single model without PEFT's wrapping; a copy where the engine changes it."""
+        if self.bank is None:
+            keep = self.engine == "onnxruntime" or self.precision == "int8"
+            return self._model if keep else copy.deepcopy(self._model)
+        plain = copy.deepcopy(self.bank.peft)
+        plain.unmerge_adapter()
+        return plain.merge_and_unload()
 
     def _row_adapters(self, adapter, n: int) -> list[str | None]:
         if self.bank is None:

@@ -311,6 +311,9 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app):
+        # One pass before the first request: builds the int8 copy (an ONNX export the first
+        # time a model is served) now, not inside somebody's request.
+        await asyncio.to_thread(clf.predict_logits, ["预热"])
         batcher = Batcher(
             clf, max_batch, max_wait_ms, queue_size, micro_batching, telemetry, adapters
         )
