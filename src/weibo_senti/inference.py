@@ -77,7 +77,10 @@ def cpu_engine(requested: str = "auto") -> str:
     from .errors import UserError
 
     if requested not in ENGINES:
-        raise UserError(f"the CPU engine must be one of {', '.join(ENGINES)}")
+        raise UserError(
+            f"the CPU engine (WEIBO_SENTI_ENGINE) must be one of {', '.join(ENGINES)}, "
+            f"not {requested!r}"
+        )
     if requested == "torch":
         return "torch"
     reason = onnx_runtime.missing()

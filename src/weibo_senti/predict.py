@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -78,7 +79,7 @@ class SentimentClassifier:
         precision: str = "auto",
         merge: bool = True,
         name: str | None = None,
-        engine: str = "auto",
+        engine: str | None = None,
     ):
         """Load a run folder; lora/adapter runs also need their base (found through the
         recorded name, absolute path or hub id; ``base_model`` overrides).
@@ -90,7 +91,8 @@ class SentimentClassifier:
         where the hardware has fast bf16 (AMX/AVX512-BF16 CPUs, recent GPUs), else fp32, and
         on a CPU with VNNI int8 for the passes it is faster at (inference.int8_rows_for_cpu).
         ``engine`` runs a single model's fp32 and int8 passes on a CPU: "onnxruntime" (the
-        default where `weibo-senti[onnx]` is installed: exported once, cached) or "torch".
+        default where `weibo-senti[onnx]` is installed: exported once, cached) or "torch";
+        None reads ``WEIBO_SENTI_ENGINE`` (how the CLI, the server and Ray workers are told).
         """
         run = Path(run)
         info = runfolder.read_info(run)
@@ -114,7 +116,9 @@ class SentimentClassifier:
                 clf.bank.merge()
         clf.merge_single = merge
         if clf.device.type == "cpu":
-            clf.engine = inference.cpu_engine(engine)
+            clf.engine = inference.cpu_engine(
+                engine or os.environ.get("WEIBO_SENTI_ENGINE", "auto")
+            )
         if precision == "int8" or auto_cpu:
             clf.int8_rows = 1 << 30 if precision == "int8" else inference.int8_rows_for_cpu()
         return clf
