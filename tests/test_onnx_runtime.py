@@ -80,7 +80,7 @@ def test_another_model_gets_its_own_export_and_an_emptied_one_is_redone(trained_
 
 def test_engine_choice(monkeypatch):
     assert inference.cpu_engine("torch") == "torch"
-    with pytest.raises(UserError, match="engine must be one of"):
+    with pytest.raises(UserError, match=r"engine \(WEIBO_SENTI_ENGINE\) must be one of"):
         inference.cpu_engine("tensorrt")
     monkeypatch.setattr(onnx_runtime, "missing", lambda: "pip install 'weibo-senti[onnx]'")
     assert inference.cpu_engine("auto") == "torch"  # falls back without the extra
@@ -94,3 +94,13 @@ def test_torch_int8_engine_still_agrees_with_fp32(trained_runs):
     got = clf.predict_proba(TEXTS)
     assert isinstance(clf._copies["int8"], inference.TorchInt8)
     assert (got.argmax(1) == want.argmax(1)).all() and np.abs(got - want).max() < 0.05
+
+
+@needs_ort
+def test_an_unwritable_cache_gets_one_line(trained_runs, tmp_path, monkeypatch):
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    monkeypatch.setenv("WEIBO_SENTI_CACHE", str(blocked))  # mkdir under a file fails
+    clf = SentimentClassifier.load(trained_runs["full"], precision="int8")
+    with pytest.raises(UserError, match="WEIBO_SENTI_CACHE.*WEIBO_SENTI_ENGINE=torch"):
+        clf.predict(TEXTS)
