@@ -91,6 +91,8 @@ def train_phase(args, method, ours, precision="no", checkpointing=False):
     if checkpointing:
         enable_checkpointing(base)
     model = modeling.apply_method(inference.fuse_gelu(base) if ours else base, cfg)
+    if ours:
+        modeling.fast_dropout(model)  # as train.setup does on a CPU
     model.train()
     steps = args.warmup_steps + args.train_steps
     # Both procedures make exactly one epoch over the same pool of real posts, so ours pays

@@ -83,3 +83,41 @@ def test_auto_precision_follows_the_hardware(monkeypatch):
     monkeypatch.setattr(inference, "cpu_has_fast_bf16", lambda: False)
     assert inference.resolve("auto", cpu) == "fp32"
     assert inference.resolve("int8", cpu) == "int8"
+
+
+def test_fast_dropout_drops_at_the_rate_scales_and_replays():
+    from weibo_senti.modeling import FastDropout
+
+    drop = FastDropout(0.1)
+    x = torch.ones(1000, 1001)  # not a multiple of 4 elements
+    torch.manual_seed(0)
+    y = drop(x)
+    assert abs((y == 0).float().mean().item() - 0.1) < 0.002
+    assert abs(y.mean().item() - 1.0) < 0.005  # kept values scaled: the expectation stays
+    torch.manual_seed(0)
+    assert torch.equal(drop(x), y)  # the global generator: seeds and resume replay it
+    x.requires_grad_(True)
+    torch.manual_seed(0)
+    drop(x).sum().backward()
+    assert torch.equal(x.grad, y)  # d(out)/d(x) = mask x scale
+    drop.eval()
+    assert drop(x) is x
+    assert torch.equal(FastDropout(1.0).train()(x), torch.zeros_like(x))
+    assert FastDropout(0.0).train()(x) is x
+
+
+@pytest.mark.parametrize("method", ["lora", "adapter", "full"])
+def test_training_on_a_cpu_uses_fast_dropout_everywhere(tiny_base, method):
+    from weibo_senti import TrainConfig, runfolder
+    from weibo_senti.modeling import FastDropout, apply_method, fast_dropout, load_base_classifier
+
+    tok = runfolder.load_tokenizer(tiny_base, max_length=40)
+    model = fast_dropout(
+        apply_method(load_base_classifier(tiny_base, tok), TrainConfig(method=method))
+    )
+    kinds = [type(m) for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    assert kinds and all(k is FastDropout for k in kinds)
+    lora = [
+        m for n, m in model.named_modules() if "lora_dropout" in n and isinstance(m, FastDropout)
+    ]
+    assert bool(lora) == (method == "lora")

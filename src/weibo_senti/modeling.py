@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from . import adapters
@@ -96,7 +97,45 @@ def apply_method(model: nn.Module, cfg: TrainConfig) -> nn.Module:
         for p in adapters.adapter_parameters(model, "default"):
             p.requires_grad_(True)
         model.score.requires_grad_(True)  # trained here, saved with the adapter
-        return model
+    return model
+
+
+class FastDropout(nn.Dropout):
+    """nn.Dropout with a mask drawn 4 elements per 64-bit random number.
+
+    torch's CPU dropout draws one number per element from a serial generator: 27% of a LoRA
+    training step on 2 cores (profiled; LoRA adds a dropout on the input of every adapted layer,
+    the 3,072-wide MLP one included). Here one int64 from the same generator (so seeds, resume
+    and checkpointing replay it) gives four 15-bit draws: 2.2x faster per mask. p is rounded to
+    a multiple of 2^-15 (0.1 -> 0.100006) and the kept values scaled by the rounded p's 1/(1-p).
+    No weights: saved models and their configs are unchanged.
+    """
+
+    _BITS = 15
+    _SHIFTS = (0, 15, 30, 45)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        levels = 1 << self._BITS
+        threshold = round(self.p * levels)
+        if threshold >= levels:
+            return torch.zeros_like(x)
+        n = x.numel()
+        draws = torch.empty((n + 3) // 4, 1, dtype=torch.int64, device=x.device).random_()
+        shifts = torch.tensor(self._SHIFTS, dtype=torch.int64, device=x.device)
+        chunks = (draws >> shifts).bitwise_and_(levels - 1).view(-1)[:n]
+        keep = (chunks >= threshold).view(x.shape)
+        return x * keep * (levels / (levels - threshold))
+
+
+def fast_dropout(model: nn.Module) -> nn.Module:
+    """Every nn.Dropout of ``model`` (GPT-2's, PEFT's LoRA dropout, our adapters') as FastDropout.
+    For CPU training: a GPU draws its masks in parallel already."""
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.Dropout:
+                setattr(parent, name, FastDropout(child.p, child.inplace))
     return model
 
 

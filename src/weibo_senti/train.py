@@ -234,6 +234,8 @@ def setup(cfg: TrainConfig, resume: bool, overwrite: bool) -> Setup:
     if cfg.gradient_checkpointing:
         enable_checkpointing(base_model)
     model = modeling.apply_method(base_model, cfg)
+    if accelerator.device.type == "cpu":  # dropout masks drawn 4 per random number (modeling)
+        modeling.fast_dropout(model)
     if accelerator.is_main_process and not resume:  # base and data found: now the folder
         runfolder.prepare_new(out, overwrite)
     accelerator.wait_for_everyone()
