@@ -91,8 +91,15 @@ def train_phase(args, method, ours, precision="no", checkpointing=False):
     if checkpointing:
         enable_checkpointing(base)
     model = modeling.apply_method(inference.fuse_gelu(base) if ours else base, cfg)
-    if ours:
-        modeling.fast_dropout(model)  # as train.setup does on a CPU
+    if ours:  # as train.setup does on a CPU
+        from types import SimpleNamespace
+
+        from weibo_senti.train import cpu_training_speedups
+
+        acc = SimpleNamespace(
+            device=torch.device("cpu"), num_processes=1, mixed_precision=precision
+        )
+        cpu_training_speedups(model, cfg, acc)
     model.train()
     steps = args.warmup_steps + args.train_steps
     # Both procedures make exactly one epoch over the same pool of real posts, so ours pays

@@ -121,3 +121,67 @@ def test_training_on_a_cpu_uses_fast_dropout_everywhere(tiny_base, method):
         m for n, m in model.named_modules() if "lora_dropout" in n and isinstance(m, FastDropout)
     ]
     assert bool(lora) == (method == "lora")
+
+
+def _bf16_steps(tiny_base, method: str, cast: bool, steps: int = 4) -> list[float]:
+    from weibo_senti import TrainConfig
+    from weibo_senti.modeling import apply_method, fast_dropout, frozen_weights_in_bf16
+    from weibo_senti.modeling import load_base_classifier as load
+
+    tok = runfolder.load_tokenizer(tiny_base, max_length=40)
+    torch.manual_seed(0)
+    model = fast_dropout(apply_method(load(tiny_base, tok), TrainConfig(method=method)))
+    if cast:
+        frozen_weights_in_bf16(model)
+        frozen = [p for p in model.parameters() if p.dtype == torch.bfloat16]
+        assert frozen and not any(p.requires_grad for p in frozen)
+        assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    gen = torch.Generator().manual_seed(1)
+    losses = []
+    for _ in range(steps):
+        ids = torch.randint(1, len(tok), (8, 12), generator=gen)
+        labels = torch.randint(0, 2, (8,), generator=gen)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    return losses
+
+
+@pytest.mark.parametrize("method", ["lora", "adapter"])
+def test_frozen_base_in_bf16_trains_the_same_steps_under_autocast(tiny_base, method):
+    assert _bf16_steps(tiny_base, method, cast=True) == _bf16_steps(tiny_base, method, cast=False)
+
+
+@pytest.mark.parametrize(
+    ("method", "precision", "processes", "cast"),
+    [
+        ("lora", "bf16", 1, True),
+        ("adapter", "bf16", 1, True),
+        ("full", "bf16", 1, False),
+        ("lora", "no", 1, False),
+        ("lora", "bf16", 2, False),
+    ],
+)
+def test_cpu_training_speedups_cast_only_a_frozen_base_under_bf16(
+    tiny_base, method, precision, processes, cast
+):
+    from types import SimpleNamespace
+
+    from weibo_senti import TrainConfig
+    from weibo_senti.modeling import FastDropout, apply_method, load_base_classifier
+    from weibo_senti.train import cpu_training_speedups
+
+    tok = runfolder.load_tokenizer(tiny_base, max_length=40)
+    cfg = TrainConfig(method=method)
+    model = apply_method(load_base_classifier(tiny_base, tok), cfg)
+    acc = SimpleNamespace(
+        device=torch.device("cpu"), mixed_precision=precision, num_processes=processes
+    )
+    cpu_training_speedups(model, cfg, acc)
+    assert any(isinstance(m, FastDropout) for m in model.modules())
+    assert any(p.dtype == torch.bfloat16 for p in model.parameters()) == cast

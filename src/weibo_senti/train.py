@@ -207,6 +207,17 @@ def enable_checkpointing(model) -> None:
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
+def cpu_training_speedups(model, cfg: TrainConfig, accelerator) -> None:
+    """On a CPU: dropout masks drawn four per random number, and under bf16 the frozen base's
+    weights kept in bf16 (one process only: gloo's broadcast of bf16 tensors is unchecked)."""
+    if accelerator.device.type != "cpu":
+        return
+    modeling.fast_dropout(model)
+    frozen_base = cfg.method in ("lora", "adapter")
+    if frozen_base and accelerator.mixed_precision == "bf16" and accelerator.num_processes == 1:
+        modeling.frozen_weights_in_bf16(model)
+
+
 def make_optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
     """AdamW over the trainable parameters, fused: one kernel for all of them instead of a loop
     of small ops per tensor."""
@@ -234,8 +245,7 @@ def setup(cfg: TrainConfig, resume: bool, overwrite: bool) -> Setup:
     if cfg.gradient_checkpointing:
         enable_checkpointing(base_model)
     model = modeling.apply_method(base_model, cfg)
-    if accelerator.device.type == "cpu":  # dropout masks drawn 4 per random number (modeling)
-        modeling.fast_dropout(model)
+    cpu_training_speedups(model, cfg, accelerator)
     if accelerator.is_main_process and not resume:  # base and data found: now the folder
         runfolder.prepare_new(out, overwrite)
     accelerator.wait_for_everyone()
