@@ -638,7 +638,6 @@ def configure_process() -> None:
     # The one-time ONNX export (onnx_runtime.py): torch lists exporters it skips, warns about
     # axis names, and ONNX Runtime's quantizer suggests a pre-processing step; none of it is
     # for the user, who sees our one line saying that the export runs.
-    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     logging.getLogger().handlers[0].addFilter(
         lambda record: record.levelno >= logging.ERROR or "onnxruntime" not in record.pathname
     )
@@ -651,6 +650,9 @@ def configure_process() -> None:
     import transformers
 
     transformers.logging.set_verbosity_error()
+    # The exporter's list of skipped torchvision ops; named at the leaf because torch's own
+    # logging setup sets levels on the loggers above it.
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     transformers.logging.disable_progress_bar()
     if "OMP_NUM_THREADS" not in os.environ and hasattr(os, "sched_getaffinity"):
         import torch
