@@ -182,8 +182,9 @@ OUR_PATHS = [
 PEER_ORT = Path(__file__).with_name("peer_onnxruntime.py")
 
 
-def ort_peer_phase(args, run: Path, texts: list[str], tokens: int) -> dict:
-    """optimum's export of the same model, run by ONNX Runtime, in its own environment."""
+def ort_peer_phase(args, run: Path, texts: list[str]) -> tuple[dict, dict]:
+    """optimum's export of the same model, run by ONNX Runtime, in its own environment:
+    (rows as infer_phase's, library versions)."""
     import subprocess
     import tempfile
 
@@ -197,6 +198,7 @@ def ort_peer_phase(args, run: Path, texts: list[str], tokens: int) -> dict:
         check=True,
     )
     out = json.loads(done.stdout.strip().splitlines()[-1])
+    tokens = real_token_count(args, texts)
     rows = {}
     for precision in ("fp32", "int8"):
         r = out[precision]
@@ -205,8 +207,13 @@ def ort_peer_phase(args, run: Path, texts: list[str], tokens: int) -> dict:
         rows[f"peer: optimum + ORT {precision}"] = r
     rows["peer: optimum + ORT fp32"]["export_s"] = out["export_s"]
     rows["peer: optimum + ORT int8"]["quantize_s"] = out["quantize_s"]
-    rows["versions"] = out["versions"]
-    return rows
+    return rows, out["versions"]
+
+
+def real_token_count(args, texts: list[str]) -> int:
+    """Tokens of the texts as read (no padding), at weibo-senti's max length of 160."""
+    enc = fast_tokenizer(args)(texts, truncation=True, max_length=160)["input_ids"]
+    return sum(len(x) for x in enc)
 
 
 def make_run(args, folder: Path) -> Path:
@@ -273,9 +280,7 @@ def infer_phase(args, run, ours, precision="fp32", engine="torch"):
         t0 = time.perf_counter()
         batch_predict([t])
         lat.append(time.perf_counter() - t0)
-    tok_count = sum(
-        len(x) for x in fast_tokenizer(args)(texts, truncation=True, max_length=160)["input_ids"]
-    )
+    tok_count = real_token_count(args, texts)
     q = statistics.quantiles(lat, n=20)
     return {
         "samples_per_s": len(texts) / batch_s,
@@ -406,13 +411,7 @@ def main():
         print(name, json.dumps(rows[name]), flush=True)
     if Path(args.ort_python).is_file():
         texts, _ = load_texts(args, args.infer_texts, seed=1)  # the texts infer_phase times
-        tokens = round(
-            rows["fp32 torch"]["real_tokens_per_s"]
-            * len(texts)
-            / rows["fp32 torch"]["samples_per_s"]
-        )
-        peer = ort_peer_phase(args, run, texts, tokens)
-        res["ort_versions"] = peer.pop("versions")
+        peer, res["ort_versions"] = ort_peer_phase(args, run, texts)
         rows.update(peer)
         print("ORT peer", json.dumps(peer), flush=True)
     else:

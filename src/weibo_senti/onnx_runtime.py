@@ -32,7 +32,7 @@ FORMAT = "weibo-senti-onnx-v2"  # part of the cache key: bump when the export ch
 
 
 def missing() -> str | None:
-    """None when ONNX Runtime int8 can be used here, else what to install."""
+    """None when the ONNX Runtime engine can be used here, else what to install."""
     import importlib.util
 
     need = [m for m in ("onnxruntime", "onnxscript", "onnx") if importlib.util.find_spec(m) is None]
