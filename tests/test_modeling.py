@@ -93,6 +93,8 @@ def test_fast_dropout_drops_at_the_rate_scales_and_replays():
     torch.manual_seed(0)
     y = drop(x)
     assert abs((y == 0).float().mean().item() - 0.1) < 0.002
+    lanes = (y == 0).flatten()[:1_000_000].view(-1, 4).float().mean(0)  # 4 draws per number
+    assert torch.all((lanes - 0.1).abs() < 0.004), lanes
     assert abs(y.mean().item() - 1.0) < 0.005  # kept values scaled: the expectation stays
     torch.manual_seed(0)
     assert torch.equal(drop(x), y)  # the global generator: seeds and resume replay it
@@ -123,19 +125,16 @@ def test_training_on_a_cpu_uses_fast_dropout_everywhere(tiny_base, method):
     assert bool(lora) == (method == "lora")
 
 
-def _bf16_steps(tiny_base, method: str, cast: bool, steps: int = 4) -> list[float]:
+def _bf16_steps(tiny_base, method: str, speedup=None, steps: int = 4) -> list[float]:
     from weibo_senti import TrainConfig
-    from weibo_senti.modeling import apply_method, fast_dropout, frozen_weights_in_bf16
+    from weibo_senti.modeling import apply_method, fast_dropout
     from weibo_senti.modeling import load_base_classifier as load
 
     tok = runfolder.load_tokenizer(tiny_base, max_length=40)
     torch.manual_seed(0)
     model = fast_dropout(apply_method(load(tiny_base, tok), TrainConfig(method=method)))
-    if cast:
-        frozen_weights_in_bf16(model)
-        frozen = [p for p in model.parameters() if p.dtype == torch.bfloat16]
-        assert frozen and not any(p.requires_grad for p in frozen)
-        assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
+    if speedup is not None:
+        speedup(model)
     model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     gen = torch.Generator().manual_seed(1)
@@ -154,7 +153,51 @@ def _bf16_steps(tiny_base, method: str, cast: bool, steps: int = 4) -> list[floa
 
 @pytest.mark.parametrize("method", ["lora", "adapter"])
 def test_frozen_base_in_bf16_trains_the_same_steps_under_autocast(tiny_base, method):
-    assert _bf16_steps(tiny_base, method, cast=True) == _bf16_steps(tiny_base, method, cast=False)
+    from weibo_senti.modeling import frozen_weights_in_bf16
+
+    def cast(model):
+        frozen_weights_in_bf16(model)
+        frozen = [p for p in model.parameters() if p.dtype == torch.bfloat16]
+        assert frozen and not any(p.requires_grad for p in frozen)
+        assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
+
+    assert _bf16_steps(tiny_base, method, cast) == _bf16_steps(tiny_base, method)
+
+
+def test_lora_inputs_left_in_bf16_train_the_same_steps_under_autocast(tiny_base):
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    from weibo_senti.modeling import lora_inputs_in_autocast_dtype
+
+    def uncast(model):
+        lora_inputs_in_autocast_dtype(model)
+        layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+        assert layers and not any(m.cast_input_dtype_enabled for m in layers)
+
+    assert _bf16_steps(tiny_base, "lora", uncast) == _bf16_steps(tiny_base, "lora")
+
+
+def test_eager_attention_only_while_training_and_never_saved(tiny_base, tmp_path):
+    from weibo_senti import TrainConfig
+    from weibo_senti.modeling import apply_method, eager_attention_while_training
+    from weibo_senti.modeling import load_base_classifier as load
+
+    tok = runfolder.load_tokenizer(tiny_base, max_length=40)
+    torch.manual_seed(0)  # the score head is new: the same one in both
+    plain = load(tiny_base, tok).eval()
+    torch.manual_seed(0)
+    model = apply_method(load(tiny_base, tok), TrainConfig(method="full"))
+    eager_attention_while_training(model)
+    ids = torch.randint(1, len(tok), (2, 9), generator=torch.Generator().manual_seed(0))
+    model.train()(input_ids=ids)
+    assert model.config._attn_implementation == "eager"
+    with torch.no_grad():
+        logits = model.eval()(input_ids=ids).logits
+        assert model.config._attn_implementation == plain.config._attn_implementation == "sdpa"
+        assert torch.allclose(logits, plain(input_ids=ids).logits, atol=1e-6)
+    model.train()(input_ids=ids)
+    model.save_pretrained(tmp_path)  # saved mid-training: the stored config is untouched
+    assert "eager" not in (tmp_path / "config.json").read_text()
 
 
 @pytest.mark.parametrize(

@@ -63,6 +63,21 @@ def test_onnxruntime_int8_agrees_with_fp32_and_is_exported_once(
 
 
 @needs_ort
+def test_int8_quantizes_the_weight_matmuls_and_leaves_the_embeddings(trained_runs, tmp_path):
+    import onnx
+
+    model = inference.fuse_gelu(runfolder.load_full_model(trained_runs["full"])).eval()
+    onnx_runtime.export(model, tmp_path)
+    graph = onnx.load(str(tmp_path / onnx_runtime.FILES["int8"])).graph
+    ops = [n.op_type for n in graph.node]
+    int8 = {t.name for t in graph.initializer if t.data_type == onnx.TensorProto.INT8}
+    assert "DynamicQuantizeLinear" in ops and ops.count("MatMulInteger") >= 4 * 2  # 2 layers
+    gathers = [n for n in graph.node if n.op_type == "Gather"]
+    assert gathers and not any(n.input[0] in int8 for n in gathers)  # embeddings stay fp32
+    assert "DequantizeLinear" not in ops
+
+
+@needs_ort
 def test_another_model_gets_its_own_export_and_an_emptied_one_is_redone(trained_runs, tmp_path):
     full = runfolder.load_full_model(trained_runs["full"]).eval()
     path = onnx_runtime.cached_export(full, tmp_path)

@@ -208,13 +208,17 @@ def enable_checkpointing(model) -> None:
 
 
 def cpu_training_speedups(model, cfg: TrainConfig, accelerator) -> None:
-    """On a CPU: dropout masks drawn four per random number, and under bf16 the frozen base's
-    weights kept in bf16 (one process only: gloo's broadcast of bf16 tensors is unchecked)."""
+    """On a CPU: dropout masks drawn four per random number, eager attention while training, and
+    under bf16 LoRA inputs left in bf16 and the frozen base's weights kept in bf16 (one process
+    only: gloo's broadcast of bf16 tensors is unchecked)."""
     if accelerator.device.type != "cpu":
         return
     modeling.fast_dropout(model)
-    frozen_base = cfg.method in ("lora", "adapter")
-    if frozen_base and accelerator.mixed_precision == "bf16" and accelerator.num_processes == 1:
+    modeling.eager_attention_while_training(model)
+    if accelerator.mixed_precision != "bf16":
+        return
+    modeling.lora_inputs_in_autocast_dtype(model)
+    if cfg.method in ("lora", "adapter") and accelerator.num_processes == 1:
         modeling.frozen_weights_in_bf16(model)
 
 
