@@ -479,7 +479,17 @@ def repeated_goal_rows(args) -> dict:
             print(method, ref["samples_per_s"], ours["samples_per_s"], flush=True)
     if args.train_only:
         return {"repeats": args.repeats, "rounds": rounds, "summary": summarize(rounds)}
+    import shutil
+
     run = make_run(args, Path(tempfile.mkdtemp(prefix="bench-run-")))
+    try:
+        repeated_infer_rows(args, run, rounds)
+    finally:
+        shutil.rmtree(run, ignore_errors=True)  # a GPT-2 small run: 0.5 GB
+    return {"repeats": args.repeats, "rounds": rounds, "summary": summarize(rounds)}
+
+
+def repeated_infer_rows(args, run: Path, rounds: dict[str, list[dict]]) -> None:
     texts, _ = load_texts(args, args.infer_texts, seed=1)
     for _ in range(args.repeats):
         rounds.setdefault("infer: reference", []).append(
@@ -493,7 +503,6 @@ def repeated_goal_rows(args) -> dict:
             for name, row in peer.items():
                 rounds.setdefault(f"infer: {name}", []).append(row)
         print({k: round(v[-1]["samples_per_s"], 1) for k, v in rounds.items() if "infer" in k})
-    return {"repeats": args.repeats, "rounds": rounds, "summary": summarize(rounds)}
 
 
 def summarize(rounds: dict[str, list[dict]]) -> dict:
@@ -502,20 +511,21 @@ def summarize(rounds: dict[str, list[dict]]) -> dict:
     out = {}
     for name, rows in rounds.items():
         ref_rows = rounds[name.split(":")[0] + ": reference"]
-        row = {"samples_per_s": statistics.median(r["samples_per_s"] for r in rows)}
-        ratios = [r["samples_per_s"] / q["samples_per_s"] for r, q in zip(rows, ref_rows)]
-        ref_median = statistics.median(q["samples_per_s"] for q in ref_rows)
-        row["speedup"] = row["samples_per_s"] / ref_median
-        row["speedup_range"] = [min(ratios), max(ratios)]
+        row = median_and_ratios(rows, ref_rows, "samples_per_s", "speedup")
         if "latency_p50_ms" in rows[0]:
-            lat = [r["latency_p50_ms"] / q["latency_p50_ms"] for r, q in zip(rows, ref_rows)]
-            row["latency_p50_ms"] = statistics.median(r["latency_p50_ms"] for r in rows)
-            row["latency_p50_ratio"] = row["latency_p50_ms"] / statistics.median(
-                q["latency_p50_ms"] for q in ref_rows
-            )
-            row["latency_p50_ratio_range"] = [min(lat), max(lat)]
+            row |= median_and_ratios(rows, ref_rows, "latency_p50_ms", "latency_p50_ratio")
         out[name] = row
     return out
+
+
+def median_and_ratios(rows: list[dict], ref_rows: list[dict], key: str, ratio: str) -> dict:
+    median = statistics.median(r[key] for r in rows)
+    per_round = [r[key] / q[key] for r, q in zip(rows, ref_rows)]
+    return {
+        key: median,
+        ratio: median / statistics.median(q[key] for q in ref_rows),
+        f"{ratio}_range": [min(per_round), max(per_round)],
+    }
 
 
 def repeats_table(res) -> str:
