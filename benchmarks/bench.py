@@ -186,18 +186,22 @@ PEER_ORT = Path(__file__).with_name("peer_onnxruntime.py")
 def ort_peer_phase(args, run: Path, texts: list[str]) -> tuple[dict, dict]:
     """optimum's export of the same model, run by ONNX Runtime, in its own environment:
     (rows as infer_phase's, library versions)."""
+    import shutil
     import subprocess
     import tempfile
 
     work = Path(tempfile.mkdtemp(prefix="bench-ort-"))
     spec = work / "texts.json"
     spec.write_text(json.dumps({"texts": texts, "latency_texts": args.latency_texts}))
-    done = subprocess.run(
-        [args.ort_python, str(PEER_ORT), str(run), str(spec), str(work)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    try:
+        done = subprocess.run(
+            [args.ort_python, str(PEER_ORT), str(run), str(spec), str(work)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # optimum's export and int8 copy: 0.5 GB
     out = json.loads(done.stdout.strip().splitlines()[-1])
     tokens = real_token_count(args, texts)
     rows = {}
