@@ -20,6 +20,7 @@ needs_ort = pytest.mark.skipif(
 
 @needs_ort
 def test_exported_graph_is_exact_at_every_batch_and_length(trained_runs, tmp_path):
+    import onnx
     import onnxruntime as ort
 
     model = inference.fuse_gelu(runfolder.load_full_model(trained_runs["full"])).eval()
@@ -29,11 +30,43 @@ def test_exported_graph_is_exact_at_every_batch_and_length(trained_runs, tmp_pat
     for rows, width in [(1, 1), (1, 7), (3, 17), (16, 40)]:  # none of them the traced (2, 16)
         ids = torch.randint(1, model.config.vocab_size, (rows, width), generator=gen)
         ids[0, width // 2 + 1 :] = 0  # a right-padded row
+        ids[-1, 1:] = 0  # one real token (rows == 1: the first row again)
         mask = (ids != 0).long()
-        got = session.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
+        got = session.run(None, {"input_ids": ids.numpy()})[0]
         with torch.inference_mode():
             want = model(input_ids=ids, attention_mask=mask).logits.numpy()
         assert np.abs(got - want).max() < 1e-4, (rows, width)
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "m.onnx")).graph.node}
+    assert "Attention" in ops and not ops & {"Transpose", "Softmax", "Where"}  # one fused op
+
+
+@needs_ort
+def test_the_pooled_graph_runs_adapters_and_a_model_it_does_not_fit_gets_the_plain_one(
+    trained_runs, tmp_path
+):
+    model = SentimentClassifier.load(trained_runs["adapter"], precision="fp32").bank.fold().eval()
+    assert any(getattr(b, "senti_active", None) for b in model.transformer.h)  # adapters on
+    clf = onnx_runtime.OrtClassifier(_exported(model, tmp_path / "pooled.onnx"), threads=1)
+    assert clf.inputs == ["input_ids"]  # the pooled graph
+    ids = torch.randint(
+        1, model.config.vocab_size, (4, 9), generator=torch.Generator().manual_seed(1)
+    )
+    ids[1:, 5:] = 0
+    mask = (ids != 0).long()
+    with torch.inference_mode():
+        want = model(input_ids=ids, attention_mask=mask).logits
+    assert (clf(ids, mask) - want).abs().max() < 1e-4
+    with pytest.raises(ValueError, match="right-padded"):
+        clf(ids.flip(1), mask.flip(1))
+    model.config.add_cross_attention = True  # a layout the pooled graph does not cover
+    plain = onnx_runtime.OrtClassifier(_exported(model, tmp_path / "plain.onnx"), threads=1)
+    assert plain.inputs == ["input_ids", "attention_mask"]
+    assert (plain(ids, mask) - want).abs().max() < 1e-4
+
+
+def _exported(model, path):
+    onnx_runtime.export_fp32(model, path)
+    return path
 
 
 @needs_ort

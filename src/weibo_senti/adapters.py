@@ -45,14 +45,16 @@ def blocks(model: nn.Module) -> nn.ModuleList:
     return h
 
 
-def _hook(block: nn.Module, args, output):
+def after_block(block: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """The block's output as its hook leaves it: through the active adapter, if any."""
     name = getattr(block, "senti_active", None)
-    if name is None:
-        return output
-    adapter = getattr(block, ATTR)[name]
+    return hidden if name is None else getattr(block, ATTR)[name](hidden)
+
+
+def _hook(block: nn.Module, args, output):
     if isinstance(output, tuple):  # older transformers returned (hidden, ...)
-        return (adapter(output[0]), *output[1:])
-    return adapter(output)
+        return (after_block(block, output[0]), *output[1:])
+    return after_block(block, output)
 
 
 def add_adapter(model: nn.Module, name: str = "default", size: int = 64) -> None:
