@@ -183,14 +183,18 @@ OUR_PATHS = [
 PEER_ORT = Path(__file__).with_name("peer_onnxruntime.py")
 
 
-def ort_peer_phase(args, run: Path, texts: list[str]) -> tuple[dict, dict]:
+def ort_peer_phase(
+    args, run: Path, texts: list[str], keep: Path | None = None
+) -> tuple[dict, dict]:
     """optimum's export of the same model, run by ONNX Runtime, in its own environment:
-    (rows as infer_phase's, library versions)."""
+    (rows as infer_phase's, library versions). ``keep``: export into this folder and leave it
+    (onnx-fp32/, onnx-int8/), else into a temporary one, removed."""
     import shutil
     import subprocess
     import tempfile
 
-    work = Path(tempfile.mkdtemp(prefix="bench-ort-"))
+    work = keep or Path(tempfile.mkdtemp(prefix="bench-ort-"))
+    work.mkdir(parents=True, exist_ok=True)
     spec = work / "texts.json"
     spec.write_text(json.dumps({"texts": texts, "latency_texts": args.latency_texts}))
     try:
@@ -201,7 +205,8 @@ def ort_peer_phase(args, run: Path, texts: list[str]) -> tuple[dict, dict]:
             check=True,
         )
     finally:
-        shutil.rmtree(work, ignore_errors=True)  # optimum's export and int8 copy: 0.5 GB
+        if keep is None:
+            shutil.rmtree(work, ignore_errors=True)  # optimum's export and int8 copy: 0.5 GB
     out = json.loads(done.stdout.strip().splitlines()[-1])
     tokens = real_token_count(args, texts)
     rows = {}
@@ -363,6 +368,14 @@ def main():
         help="N > 1: only the rows the goals name, N interleaved rounds, medians and spread",
     )
     ap.add_argument(
+        "--peer-ab",
+        type=int,
+        default=0,
+        metavar="N",
+        help="only ours (default settings) against the peer's int8 graph, N alternating "
+        "rounds in one process",
+    )
+    ap.add_argument(
         "--ort-python",
         default=".venv-ort/bin/python",
         help="python of an environment with optimum-onnx[onnxruntime] (the ORT peer)",
@@ -378,6 +391,11 @@ def main():
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(res, indent=2))
         return print(repeats_table(res))
+    if args.peer_ab:
+        res = peer_ab(args)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(res, indent=2))
+        return print(peer_ab_table(res))
     if args.agreement_only:
         res = json.loads(Path(args.out).read_text())
         res["agreement"] = isolated(agreement_phase, args)
@@ -622,6 +640,111 @@ def markdown(res) -> str:
                 lines.append(
                     f"| {k} | {100 * v['label_agreement']:.2f}% | {v['max_prob_diff']:.4f} |"
                 )
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------- peer A/B, one process
+# Separate processes on this shared host land in one of two speed levels at random (README), so
+# a phase-by-phase comparison with the peer can flip on a 15% difference. Here ours and the
+# peer's int8 graph alternate in one process. The peer is run bare (an InferenceSession and
+# its tokenizer, no optimum wrapper around them), which can only favour it.
+
+
+def peer_ab(args) -> dict:
+    import shutil
+    import tempfile
+
+    if not Path(args.ort_python).is_file():
+        raise SystemExit(f"--peer-ab needs the peer's environment: no {args.ort_python}")
+    work = Path(tempfile.mkdtemp(prefix="bench-ab-"))
+    try:
+        run = make_run(args, work / "run")
+        texts, _ = load_texts(args, args.infer_texts, seed=1)
+        _rows, versions = ort_peer_phase(args, run, texts, keep=work / "peer")
+        rounds = isolated(peer_ab_phase, args, run=run, peer=work / "peer" / "onnx-int8")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return {"versions": versions, "rounds": rounds}
+
+
+def peer_ab_phase(args, run: Path, peer: Path) -> dict[str, list[dict]]:
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+    from transformers import AutoTokenizer
+
+    from weibo_senti.predict import SentimentClassifier
+
+    configure_process()
+    texts, _ = load_texts(args, args.infer_texts, seed=1)
+    clf = SentimentClassifier.load(run)  # the defaults: what `predict` runs
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = torch.get_num_threads(), 1
+    session = ort.InferenceSession(str(peer / "model_quantized.onnx"), options)
+    tok = AutoTokenizer.from_pretrained(str(peer))
+    assert len(tok) == 21128, len(tok)  # the vocab-size trap
+
+    def peer_predict(batch_texts: list[str]) -> np.ndarray:  # as peer_onnxruntime.measure
+        order = sorted(range(len(batch_texts)), key=lambda i: len(batch_texts[i]))
+        logits = np.zeros((len(batch_texts), 2), dtype=np.float32)
+        for s in range(0, len(order), 16):
+            idx = order[s : s + 16]
+            enc = tok(
+                [batch_texts[i] for i in idx],
+                padding=True,
+                truncation=True,
+                max_length=160,
+                return_tensors="np",
+            )
+            logits[idx] = session.run(None, {k: enc[k] for k in ("input_ids", "attention_mask")})[0]
+        return logits
+
+    paths = {
+        "peer: optimum + ORT int8 (bare)": peer_predict,
+        "ours auto (default)": lambda b: clf.predict_logits(b)[0],
+    }
+    for predict in paths.values():
+        predict(texts[:8])  # warm-up (ours: the cached export's sessions)
+    rounds: dict[str, list[dict]] = {}
+    for _ in range(args.peer_ab):
+        for name, predict in paths.items():
+            rounds.setdefault(name, []).append(timed(predict, texts, args.latency_texts))
+    return rounds
+
+
+def timed(predict, texts: list[str], latency_texts: int) -> dict:
+    t0 = time.perf_counter()
+    predict(texts)
+    batch_s = time.perf_counter() - t0
+    lat = []
+    for t in texts[:latency_texts]:
+        t0 = time.perf_counter()
+        predict([t])
+        lat.append(time.perf_counter() - t0)
+    return {"samples_per_s": len(texts) / batch_s, "latency_p50_ms": 1000 * statistics.median(lat)}
+
+
+def peer_ab_table(res) -> str:
+    peer, ours = (
+        res["rounds"]["peer: optimum + ORT int8 (bare)"],
+        res["rounds"]["ours auto (default)"],
+    )
+    lines = [
+        "| round | peer samples/s | ours samples/s | ours / peer | peer p50 ms | ours p50 ms | ours / peer |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for i, (p, o) in enumerate(zip(peer, ours), 1):
+        lines.append(
+            f"| {i} | {p['samples_per_s']:.1f} | {o['samples_per_s']:.1f} | "
+            f"{o['samples_per_s'] / p['samples_per_s']:.2f}x | {p['latency_p50_ms']:.1f} | "
+            f"{o['latency_p50_ms']:.1f} | {o['latency_p50_ms'] / p['latency_p50_ms']:.2f} |"
+        )
+    rate = statistics.median(o["samples_per_s"] / p["samples_per_s"] for p, o in zip(peer, ours))
+    lat = statistics.median(o["latency_p50_ms"] / p["latency_p50_ms"] for p, o in zip(peer, ours))
+    lines.append(
+        f"\nMedian of the per-round ratios: batch {rate:.2f}x the peer's rate, lone post "
+        f"{lat:.2f}x its p50 latency."
+    )
     return "\n".join(lines)
 
 
