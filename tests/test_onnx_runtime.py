@@ -42,7 +42,7 @@ def test_exported_graph_is_exact_at_every_batch_and_length(trained_runs, tmp_pat
 
 @needs_ort
 def test_the_pooled_graph_runs_adapters_and_a_model_it_does_not_fit_gets_the_plain_one(
-    trained_runs, tmp_path
+    trained_runs, tmp_path, monkeypatch
 ):
     model = SentimentClassifier.load(trained_runs["adapter"], precision="fp32").bank.fold().eval()
     assert any(getattr(b, "senti_active", None) for b in model.transformer.h)  # adapters on
@@ -58,6 +58,15 @@ def test_the_pooled_graph_runs_adapters_and_a_model_it_does_not_fit_gets_the_pla
     assert (clf(ids, mask) - want).abs().max() < 1e-4
     with pytest.raises(ValueError, match="right-padded"):
         clf(ids.flip(1), mask.flip(1))
+
+    def no_attention_op(*args, **kwargs):  # an older torch or onnxruntime
+        raise NotImplementedError("Attention(23)")
+
+    monkeypatch.setattr(torch.onnx.ops, "attention", no_attention_op)
+    older = onnx_runtime.OrtClassifier(_exported(model, tmp_path / "older.onnx"), threads=1)
+    assert older.inputs == ["input_ids", "attention_mask"]
+    assert (older(ids, mask) - want).abs().max() < 1e-4
+    monkeypatch.undo()
     model.config.add_cross_attention = True  # a layout the pooled graph does not cover
     plain = onnx_runtime.OrtClassifier(_exported(model, tmp_path / "plain.onnx"), threads=1)
     assert plain.inputs == ["input_ids", "attention_mask"]
