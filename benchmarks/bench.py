@@ -706,9 +706,12 @@ def peer_ab_phase(args, run: Path, peer: Path) -> dict[str, list[dict]]:
     for predict in paths.values():
         predict(texts[:8])  # warm-up (ours: the cached export's sessions)
     rounds: dict[str, list[dict]] = {}
-    for _ in range(args.peer_ab):
-        for name, predict in paths.items():
+    for i in range(args.peer_ab):
+        order = list(paths.items())[:: 1 if i % 2 == 0 else -1]  # ABBA: drift hits both sides
+        for name, predict in order:
             rounds.setdefault(name, []).append(timed(predict, texts, args.latency_texts))
+    graph = clf._copies["int8"].inputs  # ["input_ids"]: the pooled graph, not the fallback
+    rounds["ours auto (default)"][0]["graph_inputs"] = graph
     return rounds
 
 

@@ -32,6 +32,8 @@ def test_exported_graph_is_exact_at_every_batch_and_length(trained_runs, tmp_pat
         ids[0, width // 2 + 1 :] = 0  # a right-padded row
         ids[-1, 1:] = 0  # one real token (rows == 1: the first row again)
         mask = (ids != 0).long()
+        if width > 2:  # a [PAD] id inside a text: pad_batch's mask attends to it
+            ids[0, 1], mask[0, 1] = 0, 1
         got = session.run(None, {"input_ids": ids.numpy()})[0]
         with torch.inference_mode():
             want = model(input_ids=ids, attention_mask=mask).logits.numpy()
@@ -66,6 +68,13 @@ def test_the_pooled_graph_runs_adapters_and_a_model_it_does_not_fit_gets_the_pla
     older = onnx_runtime.OrtClassifier(_exported(model, tmp_path / "older.onnx"), threads=1)
     assert older.inputs == ["input_ids", "attention_mask"]
     assert (older(ids, mask) - want).abs().max() < 1e-4
+    monkeypatch.undo()
+    real_forward = onnx_runtime._PooledLogits.forward
+    monkeypatch.setattr(  # a graph that exports and runs but is wrong: the probe catches it
+        onnx_runtime._PooledLogits, "forward", lambda self, ids: real_forward(self, ids) + 0.01
+    )
+    caught = onnx_runtime.OrtClassifier(_exported(model, tmp_path / "caught.onnx"), threads=1)
+    assert caught.inputs == ["input_ids", "attention_mask"]
     monkeypatch.undo()
     model.config.add_cross_attention = True  # a layout the pooled graph does not cover
     plain = onnx_runtime.OrtClassifier(_exported(model, tmp_path / "plain.onnx"), threads=1)
