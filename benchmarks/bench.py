@@ -20,6 +20,8 @@ import statistics
 import time
 from pathlib import Path
 
+from peer_onnxruntime import predict_sorted, timed  # same folder: one timing for all
+
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
 
@@ -282,21 +284,10 @@ def infer_phase(args, run, ours, precision="fp32", engine="torch"):
             return np.concatenate([one(t) for t in batch_texts])
 
     batch_predict(texts[:8])  # warm-up
-    t0 = time.perf_counter()
-    batch_predict(texts)
-    batch_s = time.perf_counter() - t0
-    lat = []
-    for t in texts[: args.latency_texts]:
-        t0 = time.perf_counter()
-        batch_predict([t])
-        lat.append(time.perf_counter() - t0)
-    tok_count = real_token_count(args, texts)
-    q = statistics.quantiles(lat, n=20)
-    return {
-        "samples_per_s": len(texts) / batch_s,
-        "latency_p50_ms": 1000 * statistics.median(lat),
-        "latency_p95_ms": 1000 * q[18],
-        "real_tokens_per_s": tok_count / batch_s,
+    row, _ = timed(batch_predict, texts, args.latency_texts)
+    tokens_per_post = real_token_count(args, texts) / len(texts)
+    return row | {
+        "real_tokens_per_s": row["samples_per_s"] * tokens_per_post,
         "peak_rss_mb": peak_rss_mb(),
     }
 
@@ -668,7 +659,6 @@ def peer_ab(args) -> dict:
 
 
 def peer_ab_phase(args, run: Path, peer: Path) -> dict[str, list[dict]]:
-    import numpy as np
     import onnxruntime as ort
     import torch
     from transformers import AutoTokenizer
@@ -684,20 +674,11 @@ def peer_ab_phase(args, run: Path, peer: Path) -> dict[str, list[dict]]:
     tok = AutoTokenizer.from_pretrained(str(peer))
     assert len(tok) == 21128, len(tok)  # the vocab-size trap
 
-    def peer_predict(batch_texts: list[str]) -> np.ndarray:  # as peer_onnxruntime.measure
-        order = sorted(range(len(batch_texts)), key=lambda i: len(batch_texts[i]))
-        logits = np.zeros((len(batch_texts), 2), dtype=np.float32)
-        for s in range(0, len(order), 16):
-            idx = order[s : s + 16]
-            enc = tok(
-                [batch_texts[i] for i in idx],
-                padding=True,
-                truncation=True,
-                max_length=160,
-                return_tensors="np",
-            )
-            logits[idx] = session.run(None, {k: enc[k] for k in ("input_ids", "attention_mask")})[0]
-        return logits
+    def peer_predict(batch_texts: list[str]):  # as peer_onnxruntime.measure, minus optimum
+        feed = ("input_ids", "attention_mask")
+        return predict_sorted(
+            tok, lambda enc: session.run(None, {k: enc[k] for k in feed})[0], batch_texts
+        )
 
     paths = {
         "peer: optimum + ORT int8 (bare)": peer_predict,
@@ -709,22 +690,10 @@ def peer_ab_phase(args, run: Path, peer: Path) -> dict[str, list[dict]]:
     for i in range(args.peer_ab):
         order = list(paths.items())[:: 1 if i % 2 == 0 else -1]  # ABBA: drift hits both sides
         for name, predict in order:
-            rounds.setdefault(name, []).append(timed(predict, texts, args.latency_texts))
+            rounds.setdefault(name, []).append(timed(predict, texts, args.latency_texts)[0])
     graph = clf._copies["int8"].inputs  # ["input_ids"]: the pooled graph, not the fallback
     rounds["ours auto (default)"][0]["graph_inputs"] = graph
     return rounds
-
-
-def timed(predict, texts: list[str], latency_texts: int) -> dict:
-    t0 = time.perf_counter()
-    predict(texts)
-    batch_s = time.perf_counter() - t0
-    lat = []
-    for t in texts[:latency_texts]:
-        t0 = time.perf_counter()
-        predict([t])
-        lat.append(time.perf_counter() - t0)
-    return {"samples_per_s": len(texts) / batch_s, "latency_p50_ms": 1000 * statistics.median(lat)}
 
 
 def peer_ab_table(res) -> str:

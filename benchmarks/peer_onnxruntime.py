@@ -44,8 +44,46 @@ def quantize(fp32_dir: Path, out: Path) -> float:
     return time.perf_counter() - t0
 
 
-def measure(model_dir: Path, file_name: str, texts: list[str], latency_texts: int) -> dict:
+def predict_sorted(tok, run, texts: list[str], batch_size: int = 16):
+    """The advanced user's batching: sorted by length, padded to the longest of each batch.
+    ``run(encoding)`` answers a batch's logits."""
     import numpy as np
+
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    logits = np.zeros((len(texts), 2), dtype=np.float32)
+    for s in range(0, len(order), batch_size):
+        idx = order[s : s + batch_size]
+        enc = tok(
+            [texts[i] for i in idx],
+            padding=True,
+            truncation=True,
+            max_length=160,
+            return_tensors="np",
+        )
+        logits[idx] = run(enc)
+    return logits
+
+
+def timed(predict, texts: list[str], latency_texts: int):
+    """(batch rate over ``texts`` and the latency of its first ``latency_texts`` alone, what
+    the batch call answered). Also bench.py's timing of every path."""
+    t0 = time.perf_counter()
+    answer = predict(texts)
+    batch_s = time.perf_counter() - t0
+    lat = []
+    for t in texts[:latency_texts]:
+        t0 = time.perf_counter()
+        predict([t])
+        lat.append(time.perf_counter() - t0)
+    row = {
+        "samples_per_s": len(texts) / batch_s,
+        "latency_p50_ms": 1000 * statistics.median(lat),
+        "latency_p95_ms": 1000 * statistics.quantiles(lat, n=20)[18],
+    }
+    return row, answer
+
+
+def measure(model_dir: Path, file_name: str, texts: list[str], latency_texts: int) -> dict:
     from optimum.onnxruntime import ORTModelForSequenceClassification
     from transformers import AutoTokenizer
 
@@ -53,37 +91,12 @@ def measure(model_dir: Path, file_name: str, texts: list[str], latency_texts: in
     tok = AutoTokenizer.from_pretrained(str(model_dir))
     assert len(tok) == 21128, len(tok)  # the vocab-size trap
 
-    def predict(batch_texts: list[str], batch_size: int = 16) -> np.ndarray:
-        # The advanced user's batching: sorted by length, padded to the longest of each batch.
-        order = sorted(range(len(batch_texts)), key=lambda i: len(batch_texts[i]))
-        logits = np.zeros((len(batch_texts), 2), dtype=np.float32)
-        for s in range(0, len(order), batch_size):
-            idx = order[s : s + batch_size]
-            enc = tok(
-                [batch_texts[i] for i in idx],
-                padding=True,
-                truncation=True,
-                max_length=160,
-                return_tensors="np",
-            )
-            logits[idx] = model(**enc).logits
-        return logits
+    def predict(batch_texts: list[str]):
+        return predict_sorted(tok, lambda enc: model(**enc).logits, batch_texts)
 
     predict(texts[:8])  # warm-up
-    t0 = time.perf_counter()
-    logits = predict(texts)
-    batch_s = time.perf_counter() - t0
-    lat = []
-    for t in texts[:latency_texts]:
-        t0 = time.perf_counter()
-        predict([t])
-        lat.append(time.perf_counter() - t0)
-    return {
-        "samples_per_s": len(texts) / batch_s,
-        "latency_p50_ms": 1000 * statistics.median(lat),
-        "latency_p95_ms": 1000 * statistics.quantiles(lat, n=20)[18],
-        "logits": logits.tolist(),
-    }
+    row, logits = timed(predict, texts, latency_texts)
+    return row | {"logits": logits.tolist()}
 
 
 def peak_rss_mb() -> float:
