@@ -322,7 +322,7 @@ def test_train_refuses_to_overwrite_and_reports_bad_options(cli_runs, task_files
     )
     assert code == 2 and "--resume" in err and "--overwrite" in err
     code, _, err = cli("train", "--method", "prefix", "--out", "x")
-    assert code == 2 and "lora, adapter, full" in err
+    assert code == 2 and "'lora', 'adapter' or 'full'" in err and "'prefix'" in err
 
 
 def test_train_with_config_file_and_split(tmp_path, tiny_base, task_files):

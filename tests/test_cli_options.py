@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import typer.main
 from test_cli import cli
 
@@ -14,7 +12,7 @@ from weibo_senti.cli import app
 def test_train_flags_are_the_config_fields():
     train = typer.main.get_command(app).commands["train"]
     flags = {p.name for p in train.params} - {"config", "resume", "overwrite"}
-    assert flags == {f.name for f in dataclasses.fields(TrainConfig)}
+    assert flags == set(TrainConfig.model_fields)
 
 
 def test_every_option_of_every_command_is_described():

@@ -46,7 +46,7 @@ def calibrate(run: Path, dev: Examples, base: str | None = None) -> dict:
     calibration before and after."""
     from .predict import SentimentClassifier
 
-    clf = SentimentClassifier.load(run, base, precision="fp32", merge=False)
+    clf = SentimentClassifier.load(run, base, precision="fp32", merge=False, allow_incomplete=True)
     logits, _ = clf.predict_logits(dev.texts)
     temperature = fit_temperature(logits, dev.labels)
     report = {

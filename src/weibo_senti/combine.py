@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 import torch
@@ -42,10 +43,14 @@ def combine(
         raise UserError("combine needs at least two runs")
     if len(weights) != len(runs):
         raise UserError(f"{len(weights)} weights for {len(runs)} runs")
+    if not all(math.isfinite(w) for w in weights) or not any(weights):
+        raise UserError(f"--weights must be finite numbers, not all 0: {weights}")
     if combination_type not in COMBINATIONS:
         raise UserError(f"--combination-type must be one of {', '.join(COMBINATIONS)}")
     infos = [runfolder.read_info(r) for r in runs]
+    runfolder.staging_dir(out, overwrite, runs).rmdir()  # refused before the models load
     for r, info in zip(runs, infos):
+        runfolder.require_complete(r, info)
         if info.method != "lora":
             raise UserError(f"{r} is a {info.method} run: only LoRA runs can be combined")
         if (info.labels, info.max_length) != (infos[0].labels, infos[0].max_length):
@@ -61,19 +66,7 @@ def combine(
         raise UserError(
             f"PEFT cannot combine these adapters with {combination_type}: {e}"
         ) from None
-    head_weight = _combined_head(heads, weights, head)
-
-    from peft import get_peft_model_state_dict
-
-    state = get_peft_model_state_dict(peft_model, adapter_name="combined")
-    state = {k: v.detach().cpu().contiguous() for k, v in state.items() if "score" not in k}
-    state[_HEAD_KEY] = head_weight.detach().cpu().contiguous().to(torch.float32)
-    config = peft_model.peft_config["combined"]
-    config.modules_to_save = ["classifier", "score"]
-    config.task_type = "SEQ_CLS"
-    staging = runfolder.staging_dir(out, overwrite)
-    runfolder.save_lora_state(staging, state, config, infos[0].base.name)
-    runfolder.save_tokenizer(runfolder.run_tokenizer(runs[0], infos[0]), staging)
+    state, config = _combined_state(peft_model, _combined_head(heads, weights, head))
     origin = {
         "combined_from": [str(r.resolve()) for r in runs],
         "weights": list(weights),
@@ -82,13 +75,28 @@ def combine(
     }
     trainable = sum(v.numel() for v in state.values())
     combined = dataclasses.replace(infos[0], origin=origin, trainable_params=trainable)
-    runfolder.write_info(staging, combined)
-    runfolder.publish(staging, out)
+    with runfolder.building(out, overwrite, runs) as staging:
+        runfolder.save_lora_state(staging, state, config, infos[0].base.name)
+        runfolder.save_tokenizer(runfolder.run_tokenizer(runs[0], infos[0]), staging)
+        runfolder.write_info(staging, combined)
     return out
 
 
 # Where PEFT keeps a sequence classifier's head in a saved adapter (modules_to_save).
 _HEAD_KEY = "base_model.model.score.weight"
+
+
+def _combined_state(peft_model, head_weight: torch.Tensor) -> tuple[dict, object]:
+    """The combined adapter's weights with the mixed head, and its config as a saved run's."""
+    from peft import get_peft_model_state_dict
+
+    state = get_peft_model_state_dict(peft_model, adapter_name="combined")
+    state = {k: v.detach().cpu().contiguous() for k, v in state.items() if "score" not in k}
+    state[_HEAD_KEY] = head_weight.detach().cpu().contiguous().to(torch.float32)
+    config = peft_model.peft_config["combined"]
+    config.modules_to_save = ["classifier", "score"]
+    config.task_type = "SEQ_CLS"
+    return state, config
 
 
 def _combined_head(heads: list, weights: list[float], head: str) -> torch.Tensor:

@@ -1,12 +1,20 @@
-"""Training hyperparameters: defaults follow the reference recipe; a YAML file or flags override."""
+"""Training hyperparameters: defaults follow the reference recipe; a YAML file or flags override.
+
+``TrainConfig`` is a pydantic model: one schema checks every field's type, range and choices and
+the rules between fields, the same way for flags, a YAML ``--config`` and ``--resume`` (which
+re-reads the run's hyperparameters.yaml). Rules that need the data or the base model (max length
+within the base's positions, a sample no larger than the data) are checked where those are read.
+"""
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
+import codecs
+import math
 from pathlib import Path
+from typing import Annotated, Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import UserError
 from .hub import DEFAULT_BASE_MODEL
@@ -14,80 +22,128 @@ from .hub import DEFAULT_BASE_MODEL
 METHODS = ("lora", "adapter", "full")
 DEFAULT_LR = {"lora": 5e-4, "adapter": 1e-3, "full": 2e-5}
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # training; "no" is read as fp32
+MAX_SEED = 2**32 - 1  # numpy's and Python's seeding range, which set_seed feeds
 
 
-def option(default, help: str, **kw):
+def option(default, help: str, **constraints):
     """A config field with its help: the CLI's flags are generated from these (one source)."""
     if callable(default):
-        return field(default_factory=default, metadata={"help": help}, **kw)
-    return field(default=default, metadata={"help": help}, **kw)
+        return Field(default_factory=default, description=help, **constraints)
+    return Field(default=default, description=help, **constraints)
 
 
-@dataclass
-class TrainConfig:
-    method: str = option("lora", "lora | adapter | full")
-    base_model: str = option(DEFAULT_BASE_MODEL, "GPT-2 folder or hub id")
-    data: str | None = option(None, "Training CSV/TSV/JSONL (default: weibo_senti_100k)")
-    dev_data: str | None = option(None, "Dev file (default: a stratified split of --data)")
-    out: str | None = option(None, "Run folder (default: runs/<method>)")
-    text_column: str = option("review", "Text column of the data files")
-    label_column: str = option("label", "Label column (0 negative, 1 positive)")
-    encoding: str | None = option(None, "File encoding (default: detect UTF-8/BOM/UTF-16/GBK)")
-    dev_fraction: float = option(0.1, "Dev share when there is no --dev-data")
-    max_train_samples: int | None = option(None, "Train on a seeded sample of this many rows")
-    max_length: int = option(160, "Max tokens per post (128 would cut 14.5% of Weibo posts)")
-    epochs: int = option(3, "Epochs")
-    batch_size: int = option(16, "Posts per optimizer step (split across processes)")
-    eval_batch_size: int = option(64, "Posts per dev batch")
-    lr: float | None = option(None, "Learning rate (default: 5e-4 lora, 1e-3 adapter, 2e-5 full)")
-    weight_decay: float = option(0.01, "AdamW weight decay")
-    warmup_ratio: float = option(0.1, "Share of steps with linear warm-up")
-    max_grad_norm: float = option(1.0, "Gradient clipping (0: off)")
-    seed: int = option(42, "Seed of the split, the sampling, the shuffles and the init")
-    precision: str = option(
+NonEmpty = Annotated[str, Field(min_length=1)]
+Share = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+
+
+class TrainConfig(BaseModel):
+    # Unknown keys are refused (a typo in a YAML file must not fall back to a default).
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+    method: Literal["lora", "adapter", "full"] = option("lora", "lora | adapter | full")
+    base_model: NonEmpty = option(DEFAULT_BASE_MODEL, "GPT-2 folder or hub id")
+    data: NonEmpty | None = option(None, "Training CSV/TSV/JSONL (default: weibo_senti_100k)")
+    dev_data: NonEmpty | None = option(None, "Dev file (default: a stratified split of --data)")
+    out: NonEmpty | None = option(None, "Run folder (default: runs/<method>)")
+    text_column: NonEmpty = option("review", "Text column of the data files")
+    label_column: NonEmpty = option("label", "Label column (0 negative, 1 positive)")
+    encoding: NonEmpty | None = option(None, "File encoding (default: detect UTF-8/BOM/UTF-16/GBK)")
+    dev_fraction: float = option(
+        0.1, "Dev share when there is no --dev-data", gt=0.0, lt=1.0, allow_inf_nan=False
+    )
+    max_train_samples: int | None = option(None, "Train on a seeded sample of this many rows", ge=1)
+    max_length: int = option(
+        160, "Max tokens per post (128 would cut 14.5% of Weibo posts)", ge=3
+    )  # [CLS] text [SEP]; at most the base's positions, checked when the base loads
+    epochs: int = option(3, "Epochs", ge=1)
+    batch_size: int = option(16, "Posts per optimizer step (split across processes)", ge=1)
+    eval_batch_size: int = option(64, "Posts per dev batch", ge=1)
+    lr: float | None = option(
+        None,
+        "Learning rate (default: 5e-4 lora, 1e-3 adapter, 2e-5 full)",
+        gt=0.0,
+        le=1.0,
+        allow_inf_nan=False,
+    )
+    weight_decay: float = option(0.01, "AdamW weight decay", ge=0.0, allow_inf_nan=False)
+    warmup_ratio: Share = option(0.1, "Share of steps with linear warm-up")
+    max_grad_norm: float = option(1.0, "Gradient clipping (0: off)", ge=0.0, allow_inf_nan=False)
+    seed: int = option(
+        42, "Seed of the split, the sampling, the shuffles and the init", ge=0, le=MAX_SEED
+    )
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = option(
         "auto", "auto (bf16 where the hardware is fast at it) | fp32 | bf16 | fp16"
     )
     group_by_length: bool = option(True, "Batch posts of similar length together (less padding)")
     gradient_checkpointing: bool = option(
         False, "Recompute activations in the backward pass: less memory, slower steps"
     )
-    logging_steps: int = option(50, "Log the training loss every N steps")
-    save_steps: int = option(500, "Resumable checkpoint every N steps (and every epoch)")
-    lora_r: int = option(8, "LoRA rank")
-    lora_alpha: int = option(32, "LoRA alpha")
-    lora_dropout: float = option(0.1, "LoRA dropout")
-    lora_target_modules: list[str] = option(
-        lambda: ["c_attn", "c_proj"], "Modules LoRA adapts (repeat the flag per module)"
+    logging_steps: int = option(50, "Log the training loss every N steps", ge=1)
+    save_steps: int = option(500, "Resumable checkpoint every N steps (and every epoch)", ge=1)
+    lora_r: int = option(8, "LoRA rank", ge=1)
+    lora_alpha: int = option(32, "LoRA alpha", ge=1)
+    lora_dropout: float = option(0.1, "LoRA dropout", ge=0.0, lt=1.0, allow_inf_nan=False)
+    lora_target_modules: list[NonEmpty] = option(
+        lambda: ["c_attn", "c_proj"],
+        "Modules LoRA adapts (repeat the flag per module)",
+        min_length=1,
     )
-    adapter_size: int = option(64, "Bottleneck adapter width")
-    label_smoothing: float = option(0.0, "Label smoothing of the training loss (0: off)")
-    emoticon_dropout: float = option(  # 0.5: measured, docs/emoticon-dropout.md
+    adapter_size: int = option(64, "Bottleneck adapter width", ge=1)
+    label_smoothing: float = option(
+        0.0, "Label smoothing of the training loss (0: off)", ge=0.0, lt=1.0, allow_inf_nan=False
+    )
+    emoticon_dropout: Share = option(  # 0.5: measured, docs/emoticon-dropout.md
         0.5, "Share of training posts seen without their emoticons, drawn afresh each epoch"
     )
 
-    def __post_init__(self):
-        if self.method not in METHODS:
-            raise UserError(f"--method must be one of {', '.join(METHODS)}, not {self.method!r}")
-        if self.precision == "no":  # Accelerate's word, and older hyperparameters.yaml files
-            self.precision = "fp32"
-        if self.precision not in PRECISIONS:
-            raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}")
-        if self.lr is None:
-            self.lr = DEFAULT_LR[self.method]
-        if self.out is None:
-            self.out = f"runs/{self.method}"
-        if not 0.0 <= self.emoticon_dropout <= 1.0:
-            raise UserError("--emoticon-dropout must be between 0 and 1")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise UserError("--label-smoothing must be at least 0 and below 1")
-        for name in ("epochs", "batch_size", "eval_batch_size", "max_length", "adapter_size"):
-            if getattr(self, name) < 1:
-                raise UserError(f"{name} must be at least 1")
-        if self.max_length < 3:
-            raise UserError("max_length must leave room for [CLS] text [SEP]")
+    @model_validator(mode="before")
+    @classmethod
+    def _method_defaults(cls, values):
+        """lr and out follow the method; "no" is Accelerate's (and old YAML files') fp32."""
+        if not isinstance(values, dict):
+            return values
+        values = dict(values)
+        method = values.get("method", "lora")
+        method = method if isinstance(method, str) else None  # a wrong type: named below
+        if values.get("precision") == "no":
+            values["precision"] = "fp32"
+        if values.get("lr") is None and method in DEFAULT_LR:
+            values["lr"] = DEFAULT_LR[method]
+        if values.get("out") is None and method in METHODS:
+            values["out"] = f"runs/{method}"
+        return values
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_codec(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                codecs.lookup(value)
+            except LookupError:
+                raise ValueError(
+                    "not an encoding Python knows (e.g. utf-8, gb18030, big5)"
+                ) from None
+        return value
+
+    @model_validator(mode="after")
+    def _columns_differ(self) -> TrainConfig:
+        if self.text_column == self.label_column:
+            raise ValueError(
+                f"text_column and label_column are both {self.text_column!r}: the model would "
+                "read its own labels"
+            )
+        return self
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return self.model_dump()
+
+    @classmethod
+    def checked(cls, **values) -> TrainConfig:
+        """Validate, turning pydantic's report into one ``UserError`` line per bad field."""
+        try:
+            return cls(**values)
+        except ValidationError as e:
+            raise UserError(describe(e, "option")) from None
 
     @classmethod
     def from_sources(cls, config_file: str | Path | None = None, **overrides) -> TrainConfig:
@@ -96,14 +152,41 @@ class TrainConfig:
         if config_file:
             try:
                 loaded = yaml.safe_load(Path(config_file).read_text(encoding="utf-8")) or {}
-            except (OSError, yaml.YAMLError) as e:
+            except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
                 raise UserError(f"cannot read config file {config_file}: {e}") from None
             if not isinstance(loaded, dict):
                 raise UserError(f"config file {config_file} must be a mapping of options")
             values.update(loaded)
         values.update({k: v for k, v in overrides.items() if v is not None})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
+        unknown = sorted(str(k) for k in set(values) - set(cls.model_fields))
         if unknown:
             raise UserError(f"unknown option(s): {', '.join(unknown)}")
-        return cls(**values)
+        return cls.checked(**values)
+
+
+def describe(error: ValidationError, what: str) -> str:
+    """pydantic's errors as one line: each field, the value given and what it allows."""
+    parts = []
+    for err in error.errors():
+        msg = _lower_first(err["msg"])
+        if not err["loc"]:  # a rule between fields names them itself
+            parts.append(msg)
+            continue
+        field = ".".join(str(p) for p in err["loc"])
+        flag = f" (--{field.replace('_', '-')})" if what == "option" else ""
+        value = err.get("input")
+        shown = "" if isinstance(value, dict) else f" = {_short(value)}"
+        parts.append(f"{what} {field}{flag}{shown}: {msg}")
+    return "; ".join(parts)
+
+
+def _short(value) -> str:
+    text = repr(value)
+    if isinstance(value, float) and math.isfinite(value):
+        text = f"{value:g}"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _lower_first(msg: str) -> str:
+    msg = msg.removeprefix("Value error, ")
+    return msg[:1].lower() + msg[1:]

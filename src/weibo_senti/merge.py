@@ -19,6 +19,8 @@ def merge(
 ) -> Path:
     """LoRA folded into the weights (loads without peft); ``export`` for bottleneck adapters."""
     info = runfolder.read_info(run)
+    runfolder.require_complete(run, info)
+    runfolder.staging_dir(out, overwrite, [run]).rmdir()  # refused before the model loads
     if info.method == "full":
         raise UserError(f"{run} is a full fine-tuning run: it is a plain model folder already")
     if info.method == "adapter" and not export:
@@ -28,19 +30,18 @@ def merge(
             "as one self-contained run folder instead"
         )
     clf = SentimentClassifier.load(run, base_model, precision="fp32", merge=False, name="default")
-    staging = runfolder.staging_dir(out, overwrite)
-    if info.method == "lora":
-        merged = dataclasses.replace(
-            info, method="full", origin={"merged_from": str(run.resolve())}
-        )
-        runfolder.save_model_folder(staging, clf.bank.fold(), clf.tokenizer, merged)
-    else:
-        runfolder.copy_run_files(run, staging)
-        runfolder.bundle_base(staging, runfolder.resolve_base(run, info, base_model))
-        base = dataclasses.replace(info.base, bundled=True, path=None)
-        exported = dataclasses.replace(
-            info, base=base, origin={"exported_from": str(run.resolve())}
-        )
-        runfolder.write_info(staging, exported)
-    runfolder.publish(staging, out)
+    with runfolder.building(out, overwrite, [run]) as staging:
+        if info.method == "lora":
+            merged = dataclasses.replace(
+                info, method="full", origin={"merged_from": str(run.resolve())}
+            )
+            runfolder.save_model_folder(staging, clf.bank.fold(), clf.tokenizer, merged)
+        else:
+            runfolder.copy_run_files(run, staging)
+            runfolder.bundle_base(staging, runfolder.resolve_base(run, info, base_model))
+            base = dataclasses.replace(info.base, bundled=True, path=None)
+            exported = dataclasses.replace(
+                info, base=base, origin={"exported_from": str(run.resolve())}
+            )
+            runfolder.write_info(staging, exported)
     return out

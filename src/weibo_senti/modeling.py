@@ -70,6 +70,12 @@ def check_tokenizer_fits(tokenizer, config) -> None:
             f"tokenizer has {len(tokenizer)} tokens, the model {config.vocab_size}: "
             "they do not belong together"
         )
+    positions = getattr(config, "n_positions", None) or config.max_position_embeddings
+    if tokenizer.model_max_length > positions:  # longer posts would index past the positions
+        raise UserError(
+            f"max length {tokenizer.model_max_length} is beyond the model's {positions} "
+            f"positions: use --max-length {positions} or less"
+        )
     if config.pad_token_id != tokenizer.pad_token_id:
         raise UserError(
             f"model pad_token_id {config.pad_token_id} differs from the tokenizer's "
@@ -82,6 +88,8 @@ def apply_method(model: nn.Module, cfg: TrainConfig) -> nn.Module:
     if cfg.method == "lora":
         from peft import LoraConfig, TaskType, get_peft_model
 
+        check_target_modules(model, cfg.lora_target_modules)
+
         lora = LoraConfig(
             task_type=TaskType.SEQ_CLS,  # PEFT then trains and saves the `score` head too
             r=cfg.lora_r,
@@ -90,7 +98,10 @@ def apply_method(model: nn.Module, cfg: TrainConfig) -> nn.Module:
             target_modules=list(cfg.lora_target_modules),
             fan_in_fan_out=True,  # GPT-2 uses Conv1D (weights stored transposed)
         )
-        return get_peft_model(model, lora)
+        try:
+            return get_peft_model(model, lora)
+        except ValueError as e:  # e.g. a LayerNorm named: PEFT adapts only layers with weights
+            raise UserError(f"LoRA cannot adapt --lora-target-modules as given: {e}") from None
     if cfg.method == "adapter":
         model.requires_grad_(False)
         adapters.add_adapter(model, "default", cfg.adapter_size)
@@ -98,6 +109,19 @@ def apply_method(model: nn.Module, cfg: TrainConfig) -> nn.Module:
             p.requires_grad_(True)
         model.score.requires_grad_(True)  # trained here, saved with the adapter
     return model
+
+
+def check_target_modules(model: nn.Module, targets: list[str]) -> None:
+    """PEFT matches each target against the end of a module's name; one that matches nothing
+    would be a typo (PEFT raises only when none match at all)."""
+    names = [name for name, _ in model.named_modules() if name]
+    missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+    if missing:
+        leaves = sorted({n.rsplit(".", 1)[-1] for n in names} - set("0123456789"))
+        raise UserError(
+            f"--lora-target-modules {', '.join(missing)} matches no module of the base "
+            f"(its modules: {', '.join(leaves)})"
+        )
 
 
 class FastDropout(nn.Dropout):

@@ -80,6 +80,7 @@ class SentimentClassifier:
         merge: bool = True,
         name: str | None = None,
         engine: str | None = None,
+        allow_incomplete: bool = False,
     ):
         """Load a run folder; lora/adapter runs also need their base (found through the
         recorded name, absolute path or hub id; ``base_model`` overrides).
@@ -93,9 +94,12 @@ class SentimentClassifier:
         ``engine`` runs a single model's fp32 and int8 passes on a CPU: "onnxruntime" (the
         default where `weibo-senti[onnx]` is installed: exported once, cached) or "torch";
         None reads ``WEIBO_SENTI_ENGINE`` (how the CLI, the server and Ray workers are told).
+        A run that has not finished training is refused unless ``allow_incomplete``.
         """
         run = Path(run)
         info = runfolder.read_info(run)
+        if not allow_incomplete:
+            runfolder.require_complete(run, info)
         tokenizer = runfolder.run_tokenizer(run, info)
         device = device or ("cuda" if torch.cuda.is_available() and precision != "int8" else "cpu")
         auto_cpu = precision == "auto" and torch.device(device).type == "cpu"
@@ -109,7 +113,7 @@ class SentimentClassifier:
             base = runfolder.resolve_base(run, info, base_model)
             model = modeling.load_base_classifier(base, tokenizer).to(device)
             clf = cls(model, tokenizer, info, run, precision, AdapterBank(model))
-            clf.add_adapter(name or run.resolve().name, run)
+            clf.add_adapter(name or run.resolve().name, run, allow_incomplete)
             if precision == "int8":  # quantized weights cannot take adapters any more
                 clf._model, clf.bank = clf.bank.fold(), None
             elif merge:
@@ -124,7 +128,7 @@ class SentimentClassifier:
         return clf
 
     # ------------------------------------------------------------------ adapters
-    def add_adapter(self, name: str, run: str | Path) -> None:
+    def add_adapter(self, name: str, run: str | Path, allow_incomplete: bool = False) -> None:
         """Load another lora/adapter run onto the same base (never reloads the base)."""
         if self.bank is None:
             raise UserError(
@@ -133,6 +137,8 @@ class SentimentClassifier:
             )
         run = Path(run)
         info = runfolder.read_info(run)
+        if not allow_incomplete:
+            runfolder.require_complete(run, info)
         mine = self.info.base.fingerprint
         if info.base.fingerprint and mine and not runfolder.same_base(info.base.fingerprint, mine):
             raise UserError(
@@ -345,7 +351,11 @@ def format_console(pred: Prediction, max_length: int) -> str:
 
 
 def load_classifier(
-    run: Path | None, adapter_specs: list[str] | None, base_model=None, precision: str = "auto"
+    run: Path | None,
+    adapter_specs: list[str] | None,
+    base_model=None,
+    precision: str = "auto",
+    allow_incomplete: bool = False,
 ) -> SentimentClassifier:
     """A run folder and/or NAME=RUN adapters, all on one base; the first answers by default."""
     pairs = [(Path(run).resolve().name, Path(run))] if run else []
@@ -360,7 +370,12 @@ def load_classifier(
         raise UserError("--precision int8 serves a single run; several adapters need fp32 or bf16")
     (name, first), rest = pairs[0], pairs[1:]
     clf = SentimentClassifier.load(
-        first, base_model, precision=precision, merge=not rest, name=name
+        first,
+        base_model,
+        precision=precision,
+        merge=not rest,
+        name=name,
+        allow_incomplete=allow_incomplete,
     )
     for name, path in rest:
         clf.add_adapter(name, path)

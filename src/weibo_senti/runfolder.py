@@ -8,6 +8,7 @@ so that weibo-senti and stock transformers/PEFT clients tokenize a post identica
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -17,8 +18,20 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import (
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    TypeAdapter,
+    ValidationError,
+)
 
 from . import __version__
+from .config import describe
 from .data import LABELS, LABELS_ZH
 from .errors import UserError
 from .files import (
@@ -56,46 +69,51 @@ MODEL_INPUT_NAMES = ["input_ids", "attention_mask"]
 
 
 # ---------------------------------------------------------------------------- the record
+# run.json is validated by pydantic with strict types: a record of ours always has the right
+# ones, so a string for an int, a negative size or a bool for a count is a damaged file.
+Count = Annotated[StrictInt, Field(ge=0)]
+Name = Annotated[StrictStr, Field(min_length=1)]
+
+
 @dataclass
 class BaseRef:
     """The base model a run was trained on: as given, where it was found, what it is."""
 
-    name: str  # hub id or path, as the user gave it
-    path: str | None = None  # absolute path of the folder used (None: not recorded)
+    name: Name  # hub id or path, as the user gave it
+    path: StrictStr | None = None  # absolute path of the folder used (None: not recorded)
     fingerprint: dict = field(default_factory=dict)  # architecture and vocabulary size
-    bundled: bool = False  # the base's files lie in the run folder itself (BUNDLED_BASE)
+    bundled: StrictBool = False  # the base's files lie in the run folder itself (BUNDLED_BASE)
 
 
 @dataclass
 class RunInfo:
     """What ``run.json`` holds."""
 
-    method: str
+    method: Literal["lora", "adapter", "full"]
     base: BaseRef
-    max_length: int
-    pad_token_id: int
-    labels: list[str] = field(default_factory=lambda: list(LABELS))
-    labels_zh: list[str] = field(default_factory=lambda: list(LABELS_ZH))
-    text_column: str = "review"
-    complete: bool = False
-    precision: str | None = None
-    trainable_params: int | None = None
-    all_params: int | None = None
+    max_length: Annotated[StrictInt, Field(ge=3)]  # [CLS] text [SEP]
+    pad_token_id: Count
+    labels: Annotated[list[Name], Field(min_length=2)] = field(default_factory=lambda: list(LABELS))
+    labels_zh: list[StrictStr] = field(default_factory=lambda: list(LABELS_ZH))
+    text_column: Name = "review"
+    complete: StrictBool = False
+    precision: StrictStr | None = None
+    trainable_params: Count | None = None
+    all_params: Count | None = None
     origin: dict = field(default_factory=dict)  # merged_from, combined_from, ... if any
-    temperature: float = 1.0  # fitted on dev after training; already folded into the head
-    files: dict = field(default_factory=dict)  # SHA-256 of weights and tokenizer, when sealed
-    weibo_senti_version: str = __version__
+    # fitted on dev after training; already folded into the head
+    temperature: Annotated[StrictFloat, Field(gt=0, allow_inf_nan=False)] = 1.0
+    files: dict[StrictStr, StrictStr] = field(default_factory=dict)  # SHA-256, when sealed
+    weibo_senti_version: StrictStr = __version__
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, raw: dict, where: Path) -> RunInfo:
-        raw = dict(raw)
-        if isinstance(raw.get("base_model"), str):  # written by weibo-senti 0.1 before this
-            name = raw.pop("base_model")
-            bundled = name == BUNDLED_BASE and "exported_from" in raw  # relative to the run
-            raw["base"] = {"name": name, "fingerprint": raw.get("base") or {}, "bundled": bundled}
+        if not isinstance(raw, dict):
+            raise UserError(f"{where} is not a weibo-senti run record (not a JSON object)")
+        raw = _upgrade_record(dict(raw))
         for key in ("method", "base", "max_length", "pad_token_id"):
             if key not in raw:
                 raise UserError(f"{where} lacks '{key}': not a weibo-senti run folder")
@@ -107,12 +125,29 @@ class RunInfo:
         known = {f.name for f in dataclasses.fields(cls)}
         origin = {k: v for k, v in raw.items() if k not in known}  # older flat provenance keys
         values = {k: v for k, v in raw.items() if k in known}
-        values["origin"] = {**origin, **values.get("origin", {})}
+        if isinstance(values.get("origin", {}), dict):
+            values["origin"] = {**origin, **values.get("origin", {})}
         try:
-            values["base"] = BaseRef(**values["base"])
-            return cls(**values)
-        except TypeError as e:
-            raise UserError(f"{where} is not a weibo-senti run record: {e}") from None
+            info = _RECORD.validate_python(values)
+        except ValidationError as e:
+            raise UserError(f"{where} is a damaged run record: {describe(e, 'field')}") from None
+        if len(info.labels_zh) != len(info.labels):
+            raise UserError(f"{where} is a damaged run record: labels_zh does not match labels")
+        return info
+
+
+def _upgrade_record(raw: dict) -> dict:
+    """Records of older versions: the base as a bare name; no ``complete`` flag (those
+    versions wrote run.json only once the run had finished)."""
+    if isinstance(raw.get("base_model"), str):  # written by weibo-senti 0.1 before this
+        name = raw.pop("base_model")
+        bundled = name == BUNDLED_BASE and "exported_from" in raw  # relative to the run
+        raw["base"] = {"name": name, "fingerprint": raw.get("base") or {}, "bundled": bundled}
+    raw.setdefault("complete", True)
+    return raw
+
+
+_RECORD = TypeAdapter(RunInfo)
 
 
 def fingerprint(config) -> dict:
@@ -487,6 +522,22 @@ def run_entries() -> set[str]:
     return names
 
 
+def foreign_entries(out: Path) -> list[str]:
+    """What a folder holds besides a run's own files (never deleted by --overwrite)."""
+    entries = [p.name for p in out.iterdir()] if out.is_dir() else []
+    return sorted(n for n in entries if n not in run_entries() and not n.endswith(".tmp"))
+
+
+def refuse_foreign(out: Path) -> None:
+    foreign = foreign_entries(out)
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (" ..." if len(foreign) > 3 else "")
+        raise UserError(
+            f"{out} holds files that are not a weibo-senti run's ({shown}); --out must be a new "
+            "folder or a run folder: choose another --out"
+        )
+
+
 def check_new(out: Path, overwrite: bool) -> None:
     """Refuse, before any work, to train over a file or, without ``overwrite``, a run; and
     ``overwrite`` replaces only a run folder of ours, never a folder with anything else."""
@@ -495,13 +546,7 @@ def check_new(out: Path, overwrite: bool) -> None:
     entries = [p.name for p in out.iterdir()] if out.is_dir() else []
     if not [n for n in entries if n != LOCK]:
         return
-    foreign = sorted(n for n in entries if n not in run_entries() and not n.endswith(".tmp"))
-    if foreign:
-        shown = ", ".join(foreign[:3]) + (" ..." if len(foreign) > 3 else "")
-        raise UserError(
-            f"{out} holds files that are not a weibo-senti run's ({shown}); --out must be a new "
-            "folder or a run folder: choose another --out"
-        )
+    refuse_foreign(out)
     if not overwrite:
         raise UserError(
             f"{out} already holds a run: pass --resume to continue it, --overwrite to "
@@ -576,10 +621,17 @@ def read_eval_results(run: Path) -> dict:
     return read_json(run / EVAL_RESULTS)
 
 
-def staging_dir(out: Path, overwrite: bool) -> Path:
-    """A fresh ``<out>.tmp`` to build a derived folder in (merge, combine); see ``publish``."""
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise UserError(f"{out} already exists; pass --overwrite to replace it")
+def staging_dir(out: Path, overwrite: bool, inputs: list[Path] = ()) -> Path:
+    """A fresh ``<out>.tmp`` to build a derived folder in (merge, combine); see ``publish``.
+    ``overwrite`` replaces a run folder only: never an input run, never a folder of other files."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} is a file; choose another --out")
+    if any(out.resolve() == Path(r).resolve() for r in inputs):
+        raise UserError(f"--out {out} is an input run: choose another folder")
+    if out.is_dir() and any(out.iterdir()):
+        refuse_foreign(out)
+        if not overwrite:
+            raise UserError(f"{out} already exists; pass --overwrite to replace it")
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -589,6 +641,19 @@ def staging_dir(out: Path, overwrite: bool) -> Path:
 def publish(staging: Path, out: Path) -> None:
     seal(staging)
     replace_dir(staging, out)
+
+
+@contextlib.contextmanager
+def building(out: Path, overwrite: bool, inputs: list[Path] = ()):
+    """A staging folder for a derived run (merge, combine), published as ``out`` when the block
+    ends; on any failure (a full disk, Ctrl-C) it is removed and ``out`` stays as it was."""
+    staging = staging_dir(out, overwrite, inputs)
+    try:
+        yield staging
+        publish(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def save_model_folder(folder: Path, model, tokenizer, info: RunInfo) -> None:
@@ -663,16 +728,6 @@ def checkpoint_weight_names(folder: Path) -> set[str]:
     return set(load_safetensors(folder / "model.safetensors"))
 
 
-def is_disk_full(error: BaseException) -> bool:
-    """ENOSPC/EDQUOT from Python, or safetensors' Rust error that carries it as text."""
-    import errno
-
-    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-        return True
-    text = str(error)
-    return "No space left on device" in text or "StorageFull" in text
-
-
 def drop_staging(out: Path) -> None:
     """Half-written staging folders (a failed save): the last committed state stays."""
     for name in (CHECKPOINT + ".tmp", ".best.tmp", ".tokenizer.tmp"):
@@ -683,6 +738,17 @@ def commit_checkpoint(out: Path, staging: Path, progress: dict) -> None:
     """Progress last: a staging folder without it is never taken for a checkpoint."""
     write_json(staging / CHECKPOINT_STATE, progress)
     replace_dir(staging, out / CHECKPOINT)
+
+
+def require_complete(run: Path, info: RunInfo) -> None:
+    """A run still training (or killed) has a best epoch so far, not yet calibrated or sealed:
+    prediction takes it only when asked."""
+    if not info.complete:
+        raise UserError(
+            f"{run} has not finished training (complete: false in {INFO}): continue it with "
+            f"weibo-senti train --resume --out {run}, or pass --allow-incomplete to use its "
+            "best epoch so far (not calibrated, files not sealed)"
+        )
 
 
 def is_complete(out: Path) -> bool:

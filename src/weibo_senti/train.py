@@ -26,7 +26,7 @@ import torch
 from . import inference, modeling, runfolder
 from .config import TrainConfig
 from .data import LABELS, Examples, read_labelled, split_dev, strip_emoticons
-from .errors import UserError
+from .errors import UserError, is_disk_full
 from .features import Collator, EncodedDataset, EpochBatchSampler, encode_cached
 from .hub import default_data, resolve_base_model
 from .metrics import classification_metrics
@@ -106,7 +106,7 @@ def train(
                 fit(s, state, on_step)
                 return finish(s)
             except Exception as e:
-                if not runfolder.is_disk_full(e):
+                if not is_disk_full(e):
                     raise
                 if s.main:
                     runfolder.drop_staging(out)
@@ -149,6 +149,11 @@ def load_splits(cfg: TrainConfig) -> tuple[Examples, Examples]:
         dev_set = read_labelled(cfg.dev_data, **kw)
     else:
         train_set, dev_set = split_dev(train_set, cfg.dev_fraction, cfg.seed)
+    if cfg.max_train_samples and cfg.max_train_samples > len(train_set):
+        raise UserError(
+            f"--max-train-samples {cfg.max_train_samples} is more than the {len(train_set)} "
+            f"training rows of {data}: give at most {len(train_set)}, or leave it out"
+        )
     if cfg.max_train_samples and cfg.max_train_samples < len(train_set):
         idx = random.Random(cfg.seed).sample(range(len(train_set)), cfg.max_train_samples)
         train_set = train_set.subset(sorted(idx))
