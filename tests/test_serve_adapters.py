@@ -106,7 +106,7 @@ def positives(response: httpx.Response) -> list[float]:
 
 
 def loaded(server) -> list[str]:
-    return httpx.get(f"{server.url}/v1/adapters").json()["adapters"]
+    return httpx.get(f"{server.url}/v1/adapters", timeout=60).json()["adapters"]
 
 
 def test_admin_actions_need_the_token(server):
@@ -136,7 +136,7 @@ def test_load_predict_and_unload_through_the_api(server, expected):
     assert r.status_code == 201, r.text
     assert r.json() == {"loaded": "flip", "kind": "lora", "evicted": []}
     assert load(server, "flip", "teams/flip").status_code == 409  # the name is taken
-    listing = httpx.get(f"{server.url}/v1/adapters").json()
+    listing = httpx.get(f"{server.url}/v1/adapters", timeout=60).json()
     assert listing["adapters"] == ["weibo", "flip"] and listing["default"] == "weibo"
     assert listing["details"]["flip"]["source"] == "teams/flip"
     assert positives(predict(server, "flip")) == pytest.approx(expected["flip"], abs=1e-5)
@@ -199,7 +199,7 @@ def test_least_recently_used_is_evicted_when_full(server, expected):
     # the default moved to a loaded adapter, and the answer says which one answered
     r = predict(server, None)
     assert r.status_code == 200 and r.json()["adapter"] in loaded(server)
-    scrape = httpx.get(f"{server.url}/metrics").text
+    scrape = httpx.get(f"{server.url}/metrics", timeout=60).text
     assert "weibo_senti_adapters 3.0" in scrape
     assert "weibo_senti_adapter_evictions_total 1.0" in scrape
     for name in ("flip2", "bottleneck"):

@@ -38,7 +38,11 @@ InferPrecision = Annotated[
 ]
 TextColumn = Annotated[str, Opt(help="Text column of the file")]
 Encoding = Annotated[str | None, Opt(help="File encoding (default: detect UTF-8/BOM/UTF-16/GBK)")]
-BatchSize = Annotated[int, Opt(help="Posts per forward pass (16: the CPU optimum measured)")]
+BatchSize = Annotated[int, Opt(min=1, help="Posts per forward pass (16: the CPU optimum measured)")]
+AllowIncomplete = Annotated[
+    bool,
+    Opt(help="Use a run that has not finished training (its best epoch so far, uncalibrated)"),
+]
 
 
 def need_extra(module: str, extra: str, command: str) -> None:
@@ -71,27 +75,29 @@ def common(
 
 def config_options() -> list[inspect.Parameter]:
     """One flag per TrainConfig field: name, type, help and default come from the config."""
-    import dataclasses
     import typing
 
     from .config import TrainConfig
 
-    hints = typing.get_type_hints(TrainConfig)
     params = []
-    for f in dataclasses.fields(TrainConfig):
-        kind = hints[f.name]
+    for name, f in TrainConfig.model_fields.items():
+        kind = f.annotation
         if type(None) in typing.get_args(kind):  # `X | None`: the flag is an X
             kind = next(a for a in typing.get_args(kind) if a is not type(None))
-        default = f.default_factory() if callable(f.default_factory) else f.default
+        if typing.get_origin(kind) is typing.Literal:  # choices are checked by the schema
+            kind = str
+        if typing.get_origin(kind) is list:  # items' constraints too: typer wants plain types
+            kind = list[str]
+        default = f.get_default(call_default_factory=True)
         shown = " ".join(default) if isinstance(default, list) else default
-        help = f.metadata["help"] + (
-            "" if "default:" in f.metadata["help"] or default is None else f" (default: {shown})"
+        help = f.description + (
+            "" if "default:" in f.description or default is None else f" (default: {shown})"
         )
-        flag = f"--{f.name.replace('_', '-')}"
+        flag = f"--{name.replace('_', '-')}"
         opt = Opt(f"{flag}/--no-{flag[2:]}", help=help) if kind is bool else Opt(flag, help=help)
         params.append(
             inspect.Parameter(
-                f.name,
+                name,
                 inspect.Parameter.KEYWORD_ONLY,
                 default=None,
                 annotation=Annotated[kind | None, opt],
@@ -195,15 +201,22 @@ def evaluate(
     as_json: Annotated[
         bool, Opt("--json", help="Print one JSON object instead of a table")
     ] = False,
+    allow_incomplete: AllowIncomplete = False,
 ):
     """Accuracy, macro-F1, per-class scores, confusion matrix, loss and calibration on a file."""
     from .evaluate import evaluate as run_eval
     from .metrics import render_table
     from .predict import SentimentClassifier
 
+    if text_column == label_column:
+        raise UserError(f"--text-column and --label-column are both {text_column!r}")
     if reliability is not None:
         need_extra("matplotlib", "compare", "evaluate --reliability")
-    clf = SentimentClassifier.load(run, base_model=base_model, precision=precision)
+        if reliability.suffix.lower() != ".png" or reliability.is_dir():
+            raise UserError(f"--reliability must name a .png file, not {reliability}")
+    clf = SentimentClassifier.load(
+        run, base_model=base_model, precision=precision, allow_incomplete=allow_incomplete
+    )
     m = run_eval(
         clf, data, text_column, label_column, encoding, strip_emoticons, batch_size, reliability
     )
@@ -214,125 +227,159 @@ def evaluate(
         typer.echo(render_table(m, title))
 
 
+# predict's options, named once here so that the command reads as what it does
+AdapterSpecs = Annotated[
+    list[str] | None, Opt(help="NAME=RUN_FOLDER, repeatable: several lora/adapter runs on one base")
+]
+InputSpec = Annotated[
+    str | None,
+    Opt(help="Texts to score: a .txt/.csv/.tsv/.jsonl/.parquet file, a folder or a glob"),
+]
+OutputPath = Annotated[
+    Path | None,
+    Opt(help="Write predictions here: .csv, .tsv, .jsonl, .parquet, or a folder (per shard)"),
+]
+InputTextColumn = Annotated[
+    str | None, Opt(help="Text column (default: review, text, content or the only column)")
+]
+Prefix = Annotated[
+    str, Opt(help="Names of the columns --input adds: PREFIX+label, +score, +p_positive, ...")
+]
+Resume = Annotated[
+    bool, Opt(help="Continue an interrupted --output where it stopped (local engine)")
+]
+ChunkRows = Annotated[
+    int, Opt(min=1, help="Rows per committed chunk of --output (what a kill can cost)")
+]
+RayAddress = Annotated[
+    str | None, Opt(help="Ray cluster to join (e.g. auto); default: start a local Ray")
+]
+CpusPerWorker = Annotated[
+    float | None, Opt(min=0.01, help="Ray engine: CPUs per actor (default: leave one for reading)")
+]
+
+
 @app.command()
 def predict(
     run: Annotated[Path | None, typer.Argument(help="Run folder (or use --adapter)")] = None,
-    adapter: Annotated[
-        list[str] | None,
-        Opt(help="NAME=RUN_FOLDER, repeatable: several lora/adapter runs on one base"),
-    ] = None,
+    adapter: AdapterSpecs = None,
     use: Annotated[str | None, Opt(help="Adapter that answers (default: the first)")] = None,
     adapter_column: Annotated[
         str, Opt(help="Column of --input naming each row's adapter")
     ] = "adapter",
     text: Annotated[list[str] | None, Opt(help="Text to classify (repeatable); no console")] = None,
-    input: Annotated[
-        str | None,
-        Opt(help="Texts to score: a .txt/.csv/.tsv/.jsonl/.parquet file, a folder or a glob"),
-    ] = None,
-    output: Annotated[
-        Path | None,
-        Opt(help="Write predictions here: .csv, .tsv, .jsonl, .parquet, or a folder (per shard)"),
-    ] = None,
+    input: InputSpec = None,
+    output: OutputPath = None,
     base_model: RunBase = None,
-    text_column: Annotated[
-        str | None, Opt(help="Text column (default: review, text, content or the only column)")
-    ] = None,
+    text_column: InputTextColumn = None,
     encoding: Encoding = None,
     batch_size: BatchSize = 16,
     precision: InferPrecision = "auto",
     as_json: Annotated[bool, Opt("--json", help="Print JSON lines instead of text")] = False,
-    prefix: Annotated[
-        str, Opt(help="Names of the columns --input adds: PREFIX+label, +score, +p_positive, ...")
-    ] = "pred_",
+    prefix: Prefix = "pred_",
     overwrite: Annotated[bool, Opt(help="Replace an existing --output")] = False,
-    resume: Annotated[
-        bool, Opt(help="Continue an interrupted --output where it stopped (local engine)")
-    ] = False,
-    chunk_rows: Annotated[
-        int, Opt(help="Rows per committed chunk of --output (what a kill can cost)")
-    ] = 4096,
+    resume: Resume = False,
+    chunk_rows: ChunkRows = 4096,
     engine: Annotated[str, Opt(help="local | ray (extra: ray)")] = "local",
-    ray_address: Annotated[
-        str | None, Opt(help="Ray cluster to join (e.g. auto); default: start a local Ray")
-    ] = None,
-    workers: Annotated[int, Opt(help="Ray engine: model replicas (actors)")] = 2,
-    gpus_per_worker: Annotated[float, Opt(help="Ray engine: GPUs per actor")] = 0.0,
-    cpus_per_worker: Annotated[
-        float | None, Opt(help="Ray engine: CPUs per actor (default: leave one for reading)")
-    ] = None,
+    ray_address: RayAddress = None,
+    workers: Annotated[int, Opt(min=1, help="Ray engine: model replicas (actors)")] = 2,
+    gpus_per_worker: Annotated[float, Opt(min=0.0, help="Ray engine: GPUs per actor")] = 0.0,
+    cpus_per_worker: CpusPerWorker = None,
+    allow_incomplete: AllowIncomplete = False,
 ):
     """Classify texts: an interactive console, --text one-shot, or --input files of any size."""
     from . import bulk
-    from .predict import console, format_console, load_classifier
+    from .predict import console, load_classifier
 
-    if output is not None and input is None:
-        raise UserError("--output needs --input")
+    options = dict(locals())  # the flags, for the engine that scores the files
+    check_predict_sources(text, input, output, resume, overwrite)
     if engine not in ("local", "ray"):
         raise UserError(f"--engine must be local or ray, not {engine!r}")
     if input is not None and engine == "ray":
-        if resume or adapter:
-            raise UserError("--engine ray takes one run folder and no --resume (local engine)")
-        return predict_ray(
-            run,
-            input,
-            output,
-            text_column=text_column,
-            prefix=prefix,
-            batch_size=batch_size,
-            precision=precision,
-            base_model=base_model,
-            overwrite=overwrite,
-            address=ray_address,
-            workers=workers,
-            gpus_per_worker=gpus_per_worker,
-            cpus_per_worker=cpus_per_worker,
-        )
+        return predict_ray(options)
     if output is not None and output.suffix and not output.is_dir():
         from .tables import output_kind
 
         output_kind(output)  # refuse a bad suffix before the model loads
     bulk.precheck(output, resume, overwrite, input)  # before the model loads
-    clf = load_classifier(run, adapter, base_model, precision)
+    clf = load_classifier(run, adapter, base_model, precision, allow_incomplete)
     if use:
         clf.use(use)
     if input is not None:
-        predictor = bulk.Predictor(
-            classifier=clf,
-            text_column=text_column,
-            prefix=prefix,
-            adapter_column=adapter_column,
-            batch_size=batch_size,
-        )
-        summary = bulk.score(
-            input,
-            output,
-            predictor,
-            resume=resume,
-            overwrite=overwrite,
-            chunk_rows=chunk_rows,
-            encoding=encoding,
-            stdout_kind="jsonl" if as_json else "csv",
-        )
-        typer.echo(summary.line(), err=True)
+        score_files(clf, options)
     elif text:
-        for t, p in zip(text, clf.predict(text, batch_size)):
-            if as_json:
-                typer.echo(json.dumps({"text": t, **p.to_dict()}, ensure_ascii=False))
-            else:
-                typer.echo(format_console(p, clf.max_length))
+        print_predictions(clf, text, batch_size, as_json)
     else:
         console(clf)
 
 
-def predict_ray(run: Path | None, input: str, output: Path | None, **options) -> None:
+def score_files(clf, options: dict) -> None:
+    from . import bulk
+
+    predictor = bulk.Predictor(
+        classifier=clf,
+        text_column=options["text_column"],
+        prefix=options["prefix"],
+        adapter_column=options["adapter_column"],
+        batch_size=options["batch_size"],
+    )
+    files = {k: options[k] for k in ("resume", "overwrite", "chunk_rows", "encoding")}
+    stdout_kind = "jsonl" if options["as_json"] else "csv"
+    summary = bulk.score(
+        options["input"], options["output"], predictor, stdout_kind=stdout_kind, **files
+    )
+    typer.echo(summary.line(), err=True)
+
+
+def print_predictions(clf, texts: list[str], batch_size: int, as_json: bool) -> None:
+    from .predict import format_console
+
+    for t, p in zip(texts, clf.predict(texts, batch_size)):
+        if as_json:
+            typer.echo(json.dumps({"text": t, **p.to_dict()}, ensure_ascii=False))
+        else:
+            typer.echo(format_console(p, clf.max_length))
+
+
+def check_predict_sources(text, input, output, resume: bool, overwrite: bool) -> None:
+    """One source of texts per call; file options only with files."""
+    if text and input is not None:
+        raise UserError("give --text or --input, not both (--text would be ignored)")
+    if output is not None and input is None:
+        raise UserError("--output needs --input")
+    if (resume or overwrite) and output is None:
+        raise UserError("--resume and --overwrite apply to an --output file")
+
+
+RAY_OPTIONS = (
+    "text_column",
+    "prefix",
+    "batch_size",
+    "precision",
+    "base_model",
+    "overwrite",
+    "encoding",
+)
+RAY_ONLY = ("workers", "gpus_per_worker", "cpus_per_worker")
+
+
+def predict_ray(options: dict) -> None:
     from . import engine_ray
 
-    if run is None:
+    if options["resume"] or options["adapter"]:
+        raise UserError("--engine ray takes one run folder and no --resume (local engine)")
+    if options["run"] is None:
         raise UserError("--engine ray scores with one run folder (no --adapter)")
-    if output is None:
+    if options["output"] is None:
         raise UserError("--engine ray needs --output")
-    summary = engine_ray.score(input, output, run, **options)
+    chosen = {k: options[k] for k in RAY_OPTIONS + RAY_ONLY}
+    summary = engine_ray.score(
+        options["input"],
+        options["output"],
+        options["run"],
+        address=options["ray_address"],
+        **chosen,
+    )
     typer.echo(summary.line(), err=True)
 
 
@@ -345,7 +392,7 @@ def explain(
     ] = None,
     use: Annotated[str | None, Opt(help="Adapter that answers (default: the first)")] = None,
     steps: Annotated[
-        int, Opt(help="Integration steps to start with (doubled until complete)")
+        int, Opt(min=1, max=2048, help="Integration steps to start with (doubled until complete)")
     ] = 64,
     base_model: RunBase = None,
     as_json: Annotated[bool, Opt("--json", help="Print JSON lines instead of colours")] = False,
@@ -417,7 +464,9 @@ def combine(
     head: Annotated[
         str, Opt(help="'weighted' (heads mixed with the weights) or the index of one run's head")
     ] = "weighted",
-    density: Annotated[float | None, Opt(help="Density for ties/dare/magnitude_prune")] = None,
+    density: Annotated[
+        float | None, Opt(min=0.0, max=1.0, help="Density for ties/dare/magnitude_prune")
+    ] = None,
     base_model: RunBase = None,
     overwrite: Annotated[bool, Opt(help="Replace an existing folder at --out")] = False,
 ):
@@ -451,11 +500,14 @@ def compare(
         list[str] | None,
         Opt("--method", help="Repeat to choose (default: full adapter lora tfidf)"),
     ] = None,
-    repeats: Annotated[int, Opt(help="Seeds per method; the table shows mean ± std")] = 1,
-    seed: Annotated[int, Opt(help="First seed; repeats use seed, seed+1, ...")] = 42,
-    epochs: Annotated[int, Opt(help="Epochs for every neural method")] = 3,
+    repeats: Annotated[int, Opt(min=1, help="Seeds per method; the table shows mean ± std")] = 1,
+    seed: Annotated[
+        int, Opt(min=0, max=2**32 - 1, help="First seed; repeats use seed, seed+1, ...")
+    ] = 42,
+    epochs: Annotated[int, Opt(min=1, help="Epochs for every neural method")] = 3,
     max_train_samples: Annotated[
-        int | None, Opt(help="Train every method on the same seeded sample of this many rows")
+        int | None,
+        Opt(min=1, help="Train every method on the same seeded sample of this many rows"),
     ] = None,
     precision: Annotated[str, Opt(help="Training precision: auto | fp32 | bf16 | fp16")] = "auto",
 ):
@@ -475,21 +527,8 @@ def compare(
             err=True,
         )
 
-    extra = {}
-    for spec in extra_test or []:
-        name, sep, path = spec.partition("=")
-        if not sep or not name or not path:
-            raise UserError(f"--extra-test wants NAME=FILE, not {spec!r}")
-        extra[name] = path
-    parts = ["weibo-senti compare", f"--base-model {base_model}", f"--data {data}"]
-    parts += [f"--dev-data {dev_data}"] if dev_data else []
-    parts += [f"--extra-test {spec}" for spec in extra_test or []]
-    parts += [f"--human-data {human_data}"] if human_data else []
-    parts += [f"--method {m}" for m in methods or []]
-    parts += [f"--epochs {epochs}", f"--repeats {repeats}", f"--seed {seed}"]
-    parts += [f"--max-train-samples {max_train_samples}"] if max_train_samples else []
-    parts += [f"--precision {precision}", f"--out {out}"]
-    command = " ".join(parts)
+    extra = extra_test_files(extra_test)
+    command = compare_command(dict(locals()))
     run_compare(
         base_model,
         data,
@@ -507,6 +546,30 @@ def compare(
         precision=precision,
     )
     typer.echo(f"report written to {out / 'comparison.md'}")
+
+
+def extra_test_files(specs: list[str] | None) -> dict[str, str]:
+    extra = {}
+    for spec in specs or []:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise UserError(f"--extra-test wants NAME=FILE, not {spec!r}")
+        extra[name] = path
+    return extra
+
+
+def compare_command(o: dict) -> str:
+    """The command line that reproduces a comparison, written into its report."""
+    parts = ["weibo-senti compare", f"--base-model {o['base_model']}", f"--data {o['data']}"]
+    parts += [f"--dev-data {o['dev_data']}"] if o["dev_data"] else []
+    parts += [f"--extra-test {spec}" for spec in o["extra_test"] or []]
+    parts += [f"--human-data {o['human_data']}"] if o["human_data"] else []
+    parts += [f"--method {m}" for m in o["methods"] or []]
+    parts += [f"--epochs {o['epochs']}", f"--repeats {o['repeats']}", f"--seed {o['seed']}"]
+    samples = o["max_train_samples"]
+    parts += [f"--max-train-samples {samples}"] if samples else []
+    parts += [f"--precision {o['precision']}", f"--out {o['out']}"]
+    return " ".join(parts)
 
 
 @app.command()
@@ -528,19 +591,18 @@ def serve(
         list[str] | None, Opt(help="NAME=RUN_FOLDER, repeatable: several adapters on one base")
     ] = None,
     host: Annotated[str, Opt(help="Address to listen on (0.0.0.0: every interface)")] = "127.0.0.1",
-    port: Annotated[int, Opt(help="Port to listen on")] = 8000,
+    port: Annotated[int, Opt(help="Port to listen on (1-65535)")] = 8000,
     base_model: RunBase = None,
     precision: InferPrecision = "auto",
     max_batch: Annotated[int, Opt(help="Texts per micro-batch")] = 32,
     max_wait_ms: Annotated[float, Opt(help="How long a micro-batch gathers requests")] = 5.0,
     queue_size: Annotated[int, Opt(help="Requests waiting before 503 + Retry-After")] = 256,
     micro_batching: Annotated[bool, Opt(help="Gather concurrent requests into one batch")] = True,
-    timeout_keep_alive: Annotated[
-        float, Opt(help="Seconds a connection may sit without a request before it is closed")
-    ] = 5.0,
-    max_connections: Annotated[
-        int, Opt(help="Open connections + requests in progress; beyond it 503 at once")
-    ] = 512,
+    timeout_keep_alive: Annotated[float, Opt(help="Seconds an idle connection is kept")] = 5.0,
+    timeout_request: Annotated[float, Opt(help="Seconds for a whole request to arrive")] = 15.0,
+    max_connections: Annotated[int, Opt(help="Connections + requests; beyond them 503")] = 512,
+    max_explain_steps: Annotated[int, Opt(help="Most integration steps per explanation")] = 512,
+    explain_queue: Annotated[int, Opt(help="Explanations waiting; beyond them 503")] = 2,
     adapter_root: Annotated[
         Path | None,
         Opt(help="Folder whose runs POST /v1/adapters may load (nothing outside it is opened)"),
@@ -565,29 +627,24 @@ def serve(
     """Serve predictions over HTTP: POST /v1/predict, POST / (Inference API), POST /predict
     (TEI), GET /metrics, /health, a page at /; GET /v1/adapters, and with --admin-token and
     --adapter-root, POST /v1/adapters (load) and DELETE /v1/adapters/NAME (unload)."""
+    # first, while it holds the flags only: every server flag goes on by its own name
+    server = dict(locals())
     for module in ("fastapi", "fastapi_offline", "uvicorn"):
         need_extra(module, "serve", "serve")
     from .predict import load_classifier
+    from .serve import OPTION_RULES, check_bind, check_options
     from .serve import serve as run_server
 
-    admin_token = (admin_token or "").strip() or None  # a secret file's trailing newline
+    # every refusal comes before the model loads
+    check_options(**{k: v for k, v in server.items() if k in OPTION_RULES})
+    server["admin_token"] = admin_token = (admin_token or "").strip() or None  # file's newline
     check_serve_adapters(run, adapter, adapter_root, admin_token, max_adapters)
+    check_bind(host, port)
     clf = load_classifier(run, adapter, base_model, precision)
     typer.echo(f"serving {', '.join(clf.adapters) or run} on http://{host}:{port}/", err=True)
-    run_server(
-        clf,
-        host,
-        port,
-        max_batch=max_batch,
-        max_wait_ms=max_wait_ms,
-        queue_size=queue_size,
-        micro_batching=micro_batching,
-        timeout_keep_alive=timeout_keep_alive,
-        max_connections=max_connections,
-        adapter_root=adapter_root,
-        max_adapters=max_adapters,
-        admin_token=admin_token,
-    )
+    for name in ("run", "adapter", "base_model", "precision"):
+        del server[name]
+    run_server(clf, **server)
 
 
 def check_serve_adapters(run, adapters, root, token, max_adapters: int) -> None:
@@ -662,18 +719,41 @@ def configure_process() -> None:
 
 def main() -> None:
     configure_process()
-    try:
-        app(args=expand_multi_value(sys.argv[1:]))
-    except UserError as e:
-        typer.echo(f"error: {e}", err=True)
-        sys.exit(2)
-    except OSError as e:  # a full disk is the user's to fix: one line, not a traceback
-        from .runfolder import is_disk_full
+    sys.exit(run_cli(expand_multi_value(sys.argv[1:])))
 
-        if not is_disk_full(e):
+
+def run_cli(argv: list[str]) -> int:
+    """The command's edge: a usage error, our ``UserError`` and the known library errors a user
+    can cause (errors.one_line) end as one ``error:`` line and exit code 2; bugs keep their
+    traceback. click runs without its standalone mode so that its usage errors come here too,
+    as one line instead of a framed box."""
+    if not argv:
+        argv = ["--help"]  # click's no-args help raises instead of printing when not standalone
+    try:
+        code = app(args=argv, standalone_mode=False, prog_name="weibo-senti")
+    except typer.Abort:  # Ctrl-C outside training (which says how to resume itself)
+        typer.echo("\ninterrupted", err=True)
+        return 130
+    except Exception as e:
+        line = usage_error(e)
+        if line is None:
+            from .errors import one_line
+
+            line = one_line(e)
+        if line is None:
             raise
-        typer.echo(f"error: disk full: {e.filename or ''} {e.strerror}".strip(), err=True)
-        sys.exit(2)
+        typer.echo(f"error: {' '.join(line.split())}", err=True)  # one line, always
+        return 2
+    return code if isinstance(code, int) else 0
+
+
+def usage_error(error: Exception) -> str | None:
+    """click's usage errors (typer vendors click, so matched by interface, not class)."""
+    if not (hasattr(error, "format_message") and hasattr(error, "ctx")):
+        return None
+    ctx = error.ctx
+    where = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+    return f"{error.format_message()}{where}"
 
 
 if __name__ == "__main__":  # `accelerate launch -m weibo_senti.cli train ...`

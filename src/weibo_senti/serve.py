@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import logging
 import math
@@ -19,6 +20,8 @@ from .predict import is_valid_unicode
 log = logging.getLogger("weibo_senti.serve")
 MAX_TEXTS = 256
 MAX_BODY = 1 << 20
+# where the protocol records when a request's first byte came (time.monotonic())
+FIRST_BYTE = "weibo_senti.first_byte"
 
 
 INVALID_UNICODE = "not valid Unicode (a lone surrogate such as \\ud800)"
@@ -149,23 +152,6 @@ class Batcher:
         self.worker: asyncio.Task | None = None
         self.adapters = adapters or RuntimeAdapters(clf)
         self.model_lock = self.adapters.model_lock
-        self.explaining = asyncio.Semaphore(1)  # explanations are costly: one at a time
-
-    async def explain(self, text: str, adapter: str | None, steps: int):
-        if self.explaining.locked():
-            raise QueueFull
-        name = self.adapters.acquire(adapter)  # KeyError: unknown (or being unloaded)
-        # shielded: a client that leaves must not release the adapter while the thread uses it
-        return await asyncio.shield(asyncio.create_task(self._explain(text, name, steps)))
-
-    async def _explain(self, text: str, name: str | None, steps: int):
-        from .explain import explain
-
-        try:
-            async with self.explaining:
-                return await asyncio.to_thread(self._locked, explain, self.clf, text, name, steps)
-        finally:
-            await self.adapters.release(name)
 
     def _locked(self, fn, *args):
         with self.model_lock:
@@ -253,6 +239,63 @@ class Batcher:
         return out
 
 
+class ExplainLane:
+    """Explanations in their own thread, on their own copy of the classifier.
+
+    An explanation is hundreds of forward and backward passes; on the shared model it held the
+    model lock for all of them and every prediction waited (over a minute for 2,048 steps).
+    The copy is made on the first explanation (memory for one more model) and again after
+    adapters are loaded or unloaded. One runs at a time, `queue` more may wait, the rest get
+    QueueFull (503); integration steps are capped at `max_steps`.
+    """
+
+    def __init__(self, clf, adapters, max_steps: int = 512, queue: int = 2):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.clf, self.adapters = clf, adapters
+        self.max_steps, self.capacity = max_steps, 1 + queue
+        self.accepted = 0  # running + waiting; changed in the event loop only
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="weibo-senti-explain")
+        self._copy, self._generation = None, -1
+
+    async def explain(self, text: str, adapter: str | None, steps: int):
+        if self.accepted >= self.capacity:
+            raise QueueFull
+        name = self.adapters.acquire(adapter)  # KeyError: unknown (or being unloaded)
+        self.accepted += 1
+        # shielded: a client that leaves must not release the adapter while the thread uses it
+        return await asyncio.shield(asyncio.ensure_future(self._explain(text, name, steps)))
+
+    async def _explain(self, text: str, name: str | None, steps: int):
+        try:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self.executor, self._run, text, name, steps)
+        finally:
+            self.accepted -= 1
+            await self.adapters.release(name)
+
+    def _run(self, text: str, name: str | None, steps: int):
+        from .explain import explain
+
+        return explain(self._model(), text, name, steps, max_steps=self.max_steps)
+
+    def _model(self):
+        """The lane's copy, current with the loaded adapters (made in the lane's thread)."""
+        if self.clf.precision == "int8":
+            return self.clf  # refused by explain() before any pass: not worth a copy
+        # under the model lock: no batch or adapter change is half-way through
+        with self.adapters.model_lock:
+            if self._generation != self.adapters.generation:
+                self._copy = None  # the old copy goes first: never two in memory
+                # the engine's copies (ONNX Runtime sessions) cannot be copied, nor are needed
+                self._copy = copy.deepcopy(self.clf, {id(self.clf._copies): {}})
+                self._generation = self.adapters.generation
+        return self._copy
+
+    def stop(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
 class BodyLimit:
     """ASGI middleware: a body over `limit` bytes gets 413 — at once when Content-Length says so,
     else counted as it arrives (chunked), so that no more than `limit` bytes are ever held."""
@@ -284,6 +327,76 @@ class BodyLimit:
         await self.app(scope, limited_receive, send)
 
 
+class RequestDeadline:
+    """ASGI middleware: a request must have arrived whole within `seconds` of its first byte
+    (as the protocol recorded it; else of its head), or it gets 408 and the connection closes:
+    a client trickling its body cannot hold a connection slot for longer."""
+
+    def __init__(self, app, seconds: float = 15.0):
+        self.app, self.seconds = app, seconds
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        from starlette.exceptions import HTTPException
+
+        started = scope.get("extensions", {}).get(FIRST_BYTE) or time.monotonic()
+        deadline, complete = started + self.seconds, False
+
+        async def timed_receive():
+            nonlocal complete
+            if complete:  # later reads only wait for a disconnect: no deadline
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                message = f"request not received within {self.seconds:g} s"
+                # FastAPI passes an HTTPException from reading the body on to its handler
+                raise HTTPException(408, message, headers={"Connection": "close"}) from None
+            complete = message["type"] != "http.request" or not message.get("more_body")
+            return message
+
+        await self.app(scope, timed_receive, send)
+
+
+OPTION_RULES = {
+    "port": (lambda v: 1 <= v <= 65535, "from 1 to 65535"),
+    "max_batch": (lambda v: v >= 1, "at least 1"),
+    "queue_size": (lambda v: v >= 1, "at least 1"),
+    "max_wait_ms": (lambda v: 0 <= v < math.inf, "0 or more (ms)"),
+    "timeout_keep_alive": (lambda v: 0 < v < math.inf, "more than 0 (seconds)"),
+    "timeout_request": (lambda v: 0 < v < math.inf, "more than 0 (seconds)"),
+    # uvicorn counts the asking connection itself: with 1, every request would be refused
+    "max_connections": (lambda v: v >= 2, "at least 2"),
+    "max_explain_steps": (lambda v: 1 <= v <= 2048, "from 1 to 2048"),
+    "explain_queue": (lambda v: v >= 0, "0 or more"),
+}
+
+
+def check_options(**values) -> None:
+    """UserError (one line) for a server setting that cannot work; NaN fails every rule."""
+    for name, value in values.items():
+        ok, wanted = OPTION_RULES[name]
+        if not ok(value):
+            shown = f"{value:g}" if isinstance(value, float) else value  # -1, not -1.0
+            raise UserError(f"--{name.replace('_', '-')} {shown}: must be {wanted}")
+
+
+def check_bind(host: str, port: int) -> None:
+    """Bind the address once now: a port in use or a host that is not this machine's is one
+    line before the model loads, not an error after it."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET  # as uvicorn chooses
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn's socket
+            probe.bind((host, port))
+    except (OSError, OverflowError) as e:
+        reason = getattr(e, "strerror", None) or e
+        raise UserError(f"cannot listen on {host}:{port}: {reason}") from None
+
+
 def create_app(
     clf,
     max_batch: int = 32,
@@ -293,50 +406,67 @@ def create_app(
     adapter_root: str | None = None,
     max_adapters: int = 16,
     admin_token: str | None = None,
+    timeout_request: float = 15.0,
+    max_explain_steps: int = 512,
+    explain_queue: int = 2,
 ):
     """The app; `admin_token` turns on loading (from under `adapter_root`) and unloading
     adapters over HTTP, at most `max_adapters` at once (least recently used evicted)."""
-    from contextlib import asynccontextmanager
-
     from fastapi_offline import FastAPIOffline
 
     from .serve_adapters import RuntimeAdapters
     from .telemetry import Telemetry
 
+    check_options(
+        max_batch=max_batch,
+        max_wait_ms=max_wait_ms,
+        queue_size=queue_size,
+        timeout_request=timeout_request,
+        max_explain_steps=max_explain_steps,
+        explain_queue=explain_queue,
+    )
     telemetry = Telemetry()
     # refuses a bad bound now, before the server starts
     adapters = RuntimeAdapters(clf, adapter_root, max_adapters, telemetry)
     state = {"ready": False, "batcher": None, "telemetry": telemetry, "adapters": adapters}
     state["admin_token"] = admin_token
-
-    @asynccontextmanager
-    async def lifespan(app):
-        # One pass before the first request: builds the int8 copy (an ONNX export the first
-        # time a model is served) now, not inside somebody's request.
-        await asyncio.to_thread(clf.predict_logits, ["预热"])
-        batcher = Batcher(
-            clf, max_batch, max_wait_ms, queue_size, micro_batching, telemetry, adapters
-        )
-        batcher.start()
-        state["batcher"], state["ready"] = batcher, True
-        yield
-        state["ready"] = False
-        await batcher.stop()
-        log.info("stopped: every accepted request was answered")
-
+    state["explainer"] = ExplainLane(clf, adapters, max_explain_steps, explain_queue)
+    batching = (max_batch, max_wait_ms, queue_size, micro_batching)
     app = FastAPIOffline(
         title="weibo-senti",
         version="1",
-        lifespan=lifespan,
+        lifespan=lifespan(clf, state, batching),
         description="Weibo sentiment (negative/positive) from a fine-tuned GPT-2.",
     )
     app.state.telemetry = telemetry
     app.add_middleware(BodyLimit, limit=MAX_BODY)
+    app.add_middleware(RequestDeadline, seconds=timeout_request)
     app.middleware("http")(json_body_and_log)
     add_error_handlers(app)
     add_routes(app, clf, state)
     add_admin_routes(app, state)
     return app
+
+
+def lifespan(clf, state: dict, batching: tuple):
+    """Start: a warm-up pass, then the batcher; stop: every accepted request answered."""
+    from contextlib import asynccontextmanager
+
+    @asynccontextmanager
+    async def run(app):
+        # One pass before the first request: builds the int8 copy (an ONNX export the first
+        # time a model is served) now, not inside somebody's request.
+        await asyncio.to_thread(clf.predict_logits, ["预热"])
+        batcher = Batcher(clf, *batching, state["telemetry"], state["adapters"])
+        batcher.start()
+        state["batcher"], state["ready"] = batcher, True
+        yield
+        state["ready"] = False
+        await batcher.stop()
+        state["explainer"].stop()
+        log.info("stopped: every accepted request was answered")
+
+    return run
 
 
 def error(status: int, message: str, **extra):
@@ -380,13 +510,18 @@ async def json_body_and_log(request, call_next):
 
 
 def route_label(request) -> str:
-    """The route's template (`/v1/adapters/{name}`), or "other": metric labels stay bounded."""
+    """The route's template (`/v1/adapters/{name}`), or "other": metric labels stay bounded.
+    A path whose route takes other methods (405) counts as that route."""
     from starlette.routing import Match
 
+    partial = "other"
     for route in request.app.routes:
-        if route.matches(request.scope)[0] == Match.FULL:
+        match = route.matches(request.scope)[0]
+        if match == Match.FULL:
             return getattr(route, "path", "other")
-    return "other"
+        if match == Match.PARTIAL and partial == "other":
+            partial = getattr(route, "path", "other")
+    return partial
 
 
 def add_error_handlers(app) -> None:
@@ -397,7 +532,9 @@ def add_error_handlers(app) -> None:
     async def http_error(request, exc: HTTPException):
         # e.g. a body FastAPI cannot parse at all (nesting too deep), unknown paths
         message = "malformed JSON" if "parsing the body" in str(exc.detail) else str(exc.detail)
-        return error(exc.status_code, message)
+        response = error(exc.status_code, message)
+        response.headers.update(exc.headers or {})  # 408's Connection: close, 405's Allow
+        return response
 
     @app.exception_handler(Exception)
     async def unexpected(request, exc: Exception):
@@ -417,7 +554,13 @@ def add_error_handlers(app) -> None:
 
 
 def add_routes(app, clf, state: dict) -> None:
-    from fastapi.responses import HTMLResponse, JSONResponse
+    add_info_routes(app, clf, state)
+    add_prediction_routes(app, clf, state)
+    add_explain_route(app, state)
+
+
+def add_info_routes(app, clf, state: dict) -> None:
+    from fastapi.responses import HTMLResponse
 
     @app.get("/health")
     async def health():
@@ -439,9 +582,42 @@ def add_routes(app, clf, state: dict) -> None:
         """Loaded adapters, the default one, and for each its kind, source and requests."""
         return state["adapters"].listing()
 
-    def unknown(name: str | None):
-        loaded = state["adapters"].listing()["adapters"]
-        return error(404, f"unknown adapter '{name}'", adapters=loaded)
+    @app.get("/", response_class=HTMLResponse)
+    async def page():
+        return resources.files("weibo_senti").joinpath("static/index.html").read_text("utf-8")
+
+
+def unknown(state: dict, name: str | None):
+    loaded = state["adapters"].listing()["adapters"]
+    shown = name if name is None or len(name) <= 64 else name[:64] + "…"  # echo a bounded name
+    return error(404, f"unknown adapter '{shown}'", adapters=loaded)
+
+
+async def classify(state: dict, clf, texts: list[str], truncate: bool = True):
+    """Predictions for the standard endpoints, or the error response they answer with."""
+    try:
+        _check_unicode(texts)
+    except ValueError as e:
+        return error(422, str(e))
+    if not texts or len(texts) > MAX_TEXTS or not all(t.strip() for t in texts):
+        return error(422, f"inputs must be 1 to {MAX_TEXTS} non-empty posts")
+    if not state["ready"]:
+        return error(503, "loading")
+    try:
+        preds = await state["batcher"].submit(texts, None)
+    except KeyError:
+        return unknown(state, None)
+    except QueueFull:
+        return busy("busy, retry shortly")
+    long = [i for i, p in enumerate(preds) if p.truncated]
+    if long and not truncate:  # TEI's answer: 413, a validation error
+        message = f"input {long[0]} is longer than {clf.max_length} tokens; pass truncate: true"
+        return error(413, message, error_type="validation")
+    return preds
+
+
+def add_prediction_routes(app, clf, state: dict) -> None:
+    from fastapi.responses import JSONResponse
 
     @app.post("/v1/predict")
     async def predict(body: PredictRequest):
@@ -450,39 +626,17 @@ def add_routes(app, clf, state: dict) -> None:
         try:
             preds = await state["batcher"].submit(body.texts, body.adapter)
         except KeyError:
-            return unknown(body.adapter)
+            return unknown(state, body.adapter)
         except QueueFull:
             return busy("busy, retry shortly")
         except UserError as e:
             return error(400, str(e))
         return {"predictions": [p.to_dict() for p in preds], "adapter": preds[0].adapter}
 
-    async def classify(texts: list[str], truncate: bool = True):
-        """Predictions for the standard endpoints, or the error response they answer with."""
-        try:
-            _check_unicode(texts)
-        except ValueError as e:
-            return error(422, str(e))
-        if not texts or len(texts) > MAX_TEXTS or not all(t.strip() for t in texts):
-            return error(422, f"inputs must be 1 to {MAX_TEXTS} non-empty posts")
-        if not state["ready"]:
-            return error(503, "loading")
-        try:
-            preds = await state["batcher"].submit(texts, None)
-        except KeyError:
-            return unknown(None)
-        except QueueFull:
-            return busy("busy, retry shortly")
-        long = [i for i, p in enumerate(preds) if p.truncated]
-        if long and not truncate:  # TEI's answer: 413, a validation error
-            message = f"input {long[0]} is longer than {clf.max_length} tokens; pass truncate: true"
-            return error(413, message, error_type="validation")
-        return preds
-
     @app.post("/")
     async def inference_api(body: InferenceRequest):
         """What huggingface_hub's InferenceClient(url).text_classification(text) sends."""
-        preds = await classify(body.texts())
+        preds = await classify(state, clf, body.texts())
         if isinstance(preds, JSONResponse):
             return preds
         params = body.parameters or InferenceParameters()
@@ -496,13 +650,15 @@ def add_routes(app, clf, state: dict) -> None:
             texts = body.texts()
         except ValueError as e:
             return error(422, str(e))
-        preds = await classify(texts, bool(body.truncate))
+        preds = await classify(state, clf, texts, bool(body.truncate))
         if isinstance(preds, JSONResponse):
             return preds
         function = "none" if body.raw_scores else "softmax"
         answers = [label_scores(p, clf.labels, function) for p in preds]
         return answers[0] if isinstance(body.inputs, str) else answers
 
+
+def add_explain_route(app, state: dict) -> None:
     @app.post("/v1/explain")
     async def explain(body: ExplainRequest):
         """Per-character integrated-gradients attributions (see `weibo-senti explain`)."""
@@ -510,21 +666,20 @@ def add_routes(app, clf, state: dict) -> None:
 
         if importlib.util.find_spec("captum") is None:
             return error(501, "explanations need captum: pip install 'weibo-senti[explain]'")
+        lane = state["explainer"]
+        if body.steps > lane.max_steps:
+            return error(422, f"steps: at most {lane.max_steps} on this server")
         if not state["ready"]:
             return error(503, "loading")
         try:
-            ex = await state["batcher"].explain(body.text, body.adapter, body.steps)
+            ex = await lane.explain(body.text, body.adapter, body.steps)
         except KeyError:
-            return unknown(body.adapter)
+            return unknown(state, body.adapter)
         except QueueFull:
             return busy("busy explaining, retry shortly")
         except UserError as e:
             return error(400, str(e))
         return ex.to_dict()
-
-    @app.get("/", response_class=HTMLResponse)
-    async def page():
-        return resources.files("weibo_senti").joinpath("static/index.html").read_text("utf-8")
 
 
 class LoadAdapterRequest(BaseModel):
@@ -563,51 +718,79 @@ def add_admin_routes(app, state: dict) -> None:
         return await admin(lambda: state["adapters"].unload(name), authorization)
 
 
-def idle_closing_protocol():
-    """uvicorn's HTTP/1.1 protocol, plus a deadline for each request to *start*.
+class RequestDeadlines:
+    """Mixed into uvicorn's HTTP/1.1 protocol: deadlines for each request to arrive.
 
     uvicorn closes a keep-alive connection only after it has answered a request on it; a
     connection that never sends one, or trickles half a request line, stays open forever (500
     such sockets were measured still open after 20 s). Here each connection must deliver a
-    complete request head within the keep-alive timeout of connecting or of its last answer.
+    complete request head within the keep-alive timeout of connecting or of its last answer,
+    and within `timeout_request` of the request's first byte. That first byte's time goes into
+    the scope: `RequestDeadline` holds the body to the same deadline (uvicorn has none).
     """
+
+    timeout_request = 15.0
+    _deadline = None
+    _first_byte = None
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self._arm(self.timeout_keep_alive)
+
+    def data_received(self, data: bytes) -> None:
+        before = self.cycle
+        if before is None or before.response_complete:
+            self._note_first_byte()
+        super().data_received(data)
+        if self.cycle is not before and self.cycle is not None:  # a new request's head
+            self.cycle.scope.setdefault("extensions", {})[FIRST_BYTE] = self._first_byte
+            self._first_byte = None
+        between = self.cycle is None or self.cycle.response_complete
+        if between and (self._deadline is None or self._deadline[1] is not self.cycle):
+            self._arm(self.timeout_keep_alive)  # once per gap: trickling does not extend it
+
+    def _note_first_byte(self) -> None:
+        import h11
+
+        # the rest of an answered request's body is not the next request's start
+        if self._first_byte is not None or self.conn.their_state is h11.SEND_BODY:
+            return
+        self._first_byte = time.monotonic()
+        left = self._deadline[0].when() - self.loop.time() if self._deadline else 0
+        if left > self.timeout_request:
+            self._arm(self.timeout_request)  # a trickled head gets no more than a request
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._first_byte = None
+        self._arm(self.timeout_keep_alive)
+
+    def connection_lost(self, exc) -> None:
+        if self._deadline is not None:
+            self._deadline[0].cancel()
+        super().connection_lost(exc)
+
+    def _arm(self, seconds: float) -> None:
+        """Close unless a new request's head has come `seconds` from now."""
+        if self._deadline is not None:
+            self._deadline[0].cancel()
+        cycle = self.cycle
+        timer = self.loop.call_later(seconds, self._expire, cycle)
+        self._deadline = (timer, cycle)
+
+    def _expire(self, cycle) -> None:
+        idle = self.cycle is cycle and (cycle is None or cycle.response_complete)
+        if idle and not self.transport.is_closing():
+            self.transport.close()
+
+
+def idle_closing_protocol(timeout_request: float = 15.0):
+    """uvicorn's HTTP/1.1 protocol with `RequestDeadlines`."""
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
-    class IdleClosingH11(H11Protocol):
-        _deadline = None
-
-        def connection_made(self, transport) -> None:
-            super().connection_made(transport)
-            self._arm()
-
-        def data_received(self, data: bytes) -> None:
-            super().data_received(data)
-            between = self.cycle is None or self.cycle.response_complete
-            if between and (self._deadline is None or self._deadline[1] is not self.cycle):
-                self._arm()  # once per gap between requests: trickling data does not extend it
-
-        def on_response_complete(self) -> None:
-            super().on_response_complete()
-            self._arm()
-
-        def connection_lost(self, exc) -> None:
-            if self._deadline is not None:
-                self._deadline[0].cancel()
-            super().connection_lost(exc)
-
-        def _arm(self) -> None:
-            if self._deadline is not None:
-                self._deadline[0].cancel()
-            cycle = self.cycle
-            timer = self.loop.call_later(self.timeout_keep_alive, self._expire, cycle)
-            self._deadline = (timer, cycle)
-
-        def _expire(self, cycle) -> None:
-            idle = self.cycle is cycle and (cycle is None or cycle.response_complete)
-            if idle and not self.transport.is_closing():
-                self.transport.close()
-
-    return IdleClosingH11
+    return type(
+        "IdleClosingH11", (RequestDeadlines, H11Protocol), {"timeout_request": timeout_request}
+    )
 
 
 def serve(
@@ -616,17 +799,24 @@ def serve(
     port: int = 8000,
     timeout_keep_alive: float = 5.0,
     max_connections: int = 512,
+    timeout_request: float = 15.0,
     **kw,
 ) -> None:
     import uvicorn
 
+    check_options(
+        port=port,
+        timeout_keep_alive=timeout_keep_alive,
+        timeout_request=timeout_request,
+        max_connections=max_connections,
+    )
     uvicorn.run(
-        create_app(clf, **kw),
+        create_app(clf, timeout_request=timeout_request, **kw),
         host=host,
         port=port,
         log_level="warning",
         timeout_graceful_shutdown=30,
-        http=idle_closing_protocol(),
+        http=idle_closing_protocol(timeout_request),
         timeout_keep_alive=timeout_keep_alive,
         limit_concurrency=max_connections,  # beyond it: 503 at once, nothing queued
     )

@@ -94,6 +94,9 @@ class RuntimeAdapters:
         self.changed = asyncio.Condition()  # notified whenever an in-flight count drops
         self.admin = asyncio.Lock()  # one load/unload at a time
         self.telemetry = telemetry
+        # bumped (under the model lock) whenever the loaded adapters change: copies of the
+        # classifier made before (the explanation lane's) are stale
+        self.generation = 0
         self._count()
 
     def _count(self, evicted: int = 0) -> None:
@@ -159,7 +162,7 @@ class RuntimeAdapters:
             if name in self.clf.adapters:
                 raise AdminError(409, f"an adapter called '{name}' is already loaded")
             try:
-                await asyncio.to_thread(self._locked, self.clf.add_adapter, name, folder)
+                await asyncio.to_thread(self._locked, self._add_now, name, folder)
             except UserError as e:
                 raise AdminError(422, str(e).replace(str(folder), relative)) from None
             self.last_used[name] = time.monotonic()
@@ -205,8 +208,15 @@ class RuntimeAdapters:
             table.pop(name, None)
         self._count()
 
+    def _add_now(self, name: str, folder: Path) -> None:
+        try:
+            self.clf.add_adapter(name, folder)
+        finally:  # a failed load may still have touched the bank (unmerged it)
+            self.generation += 1
+
     def _remove_now(self, name: str) -> None:
         successor = self.default()  # the default requests were already sent to meanwhile
+        self.generation += 1
         self.clf.remove_adapter(name)
         if self.clf.active_adapter != successor and successor is not None:
             self.clf.use(successor)

@@ -3,6 +3,10 @@ library never registers anything in the process-wide default one."""
 
 from __future__ import annotations
 
+# Any token is a valid HTTP method: label others "other", or each made-up one is a new series.
+METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE", "CONNECT"}
+)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
@@ -46,6 +50,8 @@ class Telemetry:
         )
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        """`route` must be bounded already (a route template or "other")."""
+        method = method if method in METHODS else "other"
         self.requests.labels(method, route, str(status)).inc()
         self.latency.labels(route).observe(seconds)
 
