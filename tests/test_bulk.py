@@ -227,7 +227,7 @@ def test_a_folder_of_mixed_shards(clf, tmp_path):
     assert summary.rows == 8 and len(summary.outputs) == 4
     for name, ts in texts.items():
         kind = "csv" if name.endswith(".txt") else tables.kind(Path(name))
-        out = (tmp_path / "scored" / name).with_suffix("." + kind if kind != "jsonl" else ".jsonl")
+        out = tmp_path / "scored" / (name + ".csv" if name.endswith(".txt") else name)
         rows = read_output(out, kind)
         assert [r["text"] for r in rows] == ts
         assert [r["pred_label"] or None for r in rows] == [p.label for p in clf.predict(ts)]

@@ -136,3 +136,45 @@ def test_strip_emoticons():
     assert strip_emoticons("好开心[哈哈][鼓掌] [a]b") == "好开心 b"
     assert strip_emoticons("[这不是一个表情而是很长的方括号]") == "[这不是一个表情而是很长的方括号]"
     assert strip_emoticons("好开心😀👍🏻🇨🇳今天❤️") == "好开心今天"  # Unicode emoji too
+
+
+def test_blank_lines_duplicate_columns_and_non_text_in_training_data(tmp_path, caplog):
+    path = tmp_path / "d.csv"
+    path.write_text("label,review\n1,好\n\n0,差\n   \n" + "1,棒\n" * 10, encoding="utf-8")
+    with caplog.at_level(logging.WARNING, logger="weibo_senti"):
+        ex = read_labelled(path)
+    assert len(ex) == 12 and "2 blank lines skipped (lines 3, 5)" in caplog.text
+    path.write_text("label,review,review\n1,a,b\n", encoding="utf-8")
+    with pytest.raises(UserError, match="column 'review' twice"):
+        read_labelled(path)
+    jl = tmp_path / "d.jsonl"
+    rows = [{"label": 1, "review": {"a": 1}}] + [{"label": i % 2, "review": "好"} for i in range(9)]
+    jl.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    assert read_labelled(jl).skipped == {"not text": [1]}  # counted, never its repr
+
+
+@pytest.mark.parametrize(
+    "raw, encoding, said",
+    [
+        ("id,text\n1,好\n".encode("utf-16-le"), None, "UTF-16-LE (no BOM"),
+        ("id,text\n1,今天天气真好\n".encode("gbk"), None, "GB18030/GBK"),
+        ("id,text\n1,今天天气真好，我们去公园\n".encode("gbk"), "latin-1", "likely mojibake"),
+    ],
+    ids=["utf16-without-bom", "gbk-guess", "explicit-latin1-on-gbk"],
+)
+def test_an_encoding_guess_or_a_mojibake_encoding_is_said(tmp_path, caplog, raw, encoding, said):
+    path = tmp_path / "p.csv"
+    path.write_bytes(raw)
+    with caplog.at_level(logging.WARNING, logger="weibo_senti"):
+        read_texts(path, "text", encoding=encoding)
+    assert said in caplog.text and "--encoding" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "raw", [b"PK\x03\x04" + bytes(40), bytes(range(256)) * 4, b"\x89PNG\r\n\x1a\n" + bytes(9)]
+)
+def test_binary_files_are_refused(tmp_path, raw):
+    path = tmp_path / "p.csv"
+    path.write_bytes(raw)
+    with pytest.raises(UserError, match="not text"):
+        read_texts(path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import pytest
 
@@ -69,3 +70,87 @@ def test_without_ray_installed_the_line_says_how(monkeypatch, tmp_path):
 
     with pytest.raises(UserError, match=r"pip install 'weibo-senti\[ray\]'"):
         engine_ray.require_ray()
+
+
+def hostile_folder(folder):
+    """Shards with every row the local engine keeps: blank lines (skipped, counted), ragged
+    and unparsable rows, non-text values, keys like old internal markers, quoted and
+    Unicode line breaks, a NUL, a lone surrogate."""
+    folder.mkdir()
+    (folder / "a.csv").write_text(
+        'id,text\n1,好棒\n\n2,"差\n坏"\n3,a,extra\n4\n   \n5,\n,\n6,好\x00棒\n7,"x\r\ny"\n',
+        encoding="utf-8",
+        newline="",
+    )
+    rows = [
+        {"text": "乐美"},
+        {"text": {"a": 1}},
+        {"text": [1, 2]},
+        {"text": 5},
+        {"text": None},
+        {"\u0000text_column": "mine", "\u0000unparsable_line": 3, "text": "赞"},
+        {"id": 9},
+    ]
+    body = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    body += "not json\n\n[1]\n" + '{"text": "\\ud800"}\n'
+    (folder / "b.jsonl").write_text(body, encoding="utf-8")
+    (folder / "c.txt").write_bytes("好\u2028差\r烂\n\n坏\x85棒\n".encode())
+    return folder
+
+
+def test_ray_keeps_the_rows_the_local_engine_keeps(local_ray, trained_runs, tmp_path):
+    src = hostile_folder(tmp_path / "crawl")
+    run, out, local = trained_runs["lora"], tmp_path / "ray.jsonl", tmp_path / "local.jsonl"
+    got_summary = engine_ray.score(
+        src, out, run, text_column="text", precision="fp32", workers=2, rows_per_batch=4
+    )
+    clf = SentimentClassifier.load(run, precision="fp32")
+    want_summary = bulk.score(src, local, bulk.Predictor(classifier=clf, text_column="text"))
+    got, want = read_jsonl(out), read_jsonl(local)
+    assert len(got) == len(want) == want_summary.rows == got_summary.rows == 22
+    for g, w in zip(got, want):
+        assert {k: v for k, v in g.items() if "_p_" not in k and "score" not in k} == {
+            k: v for k, v in w.items() if "_p_" not in k and "score" not in k
+        }
+        if w["pred_p_positive"] is not None:
+            assert abs(g["pred_p_positive"] - w["pred_p_positive"]) < 1e-5
+    for key in ("empty", "non_text", "unparsable", "blank", "unparsable_lines", "blank_lines"):
+        assert getattr(got_summary, key) == getattr(want_summary, key), key
+    assert want_summary.blank == 3 and want_summary.non_text == 2
+
+
+def read_jsonl(path):
+    lines = path.read_text(encoding="utf-8").split("\n")  # U+2028 inside a text is no break
+    return [json.loads(line) for line in lines if line]
+
+
+@pytest.mark.parametrize(
+    "name, data, message",
+    [
+        ("in.csv", b"PK\x03\x04" + bytes(60), "zip archive"),
+        ("in.csv", bytes(range(256)) * 4, "binary data"),
+        ("in.parquet", b"PAR1" + bytes(40), "not a readable Parquet"),
+        ("in.csv", b"id,text,text\n1,a,b\n", "column 'text' twice"),
+        ("in.jsonl", b'{"text": "a", "text": "b"}\n', "twice"),
+    ],
+    ids=["xlsx-named-csv", "binary-csv", "corrupt-parquet", "duplicate-header", "duplicate-key"],
+)
+def test_ray_refuses_what_the_local_engine_refuses_before_it_starts(
+    local_ray, tmp_path, name, data, message
+):
+    from weibo_senti.errors import UserError
+
+    src = tmp_path / name
+    src.write_bytes(data)
+    with pytest.raises(UserError, match=message) as e:
+        engine_ray.score(src, tmp_path / "o.jsonl", tmp_path / "no-run-needed", workers=1)
+    assert "\n" not in str(e.value) and not (tmp_path / "o.jsonl").exists()
+
+
+def test_ray_with_no_rows_writes_the_header_as_the_local_engine(local_ray, trained_runs, tmp_path):
+    src = tmp_path / "in.csv"
+    src.write_text("id,text\n\n", encoding="utf-8")
+    out = tmp_path / "o.csv"
+    summary = engine_ray.score(src, out, trained_runs["lora"], text_column="text", workers=1)
+    assert summary.rows == 0 and summary.blank == 1
+    assert out.read_text(encoding="utf-8").startswith("id,text,pred_label,")

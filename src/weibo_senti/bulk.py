@@ -13,9 +13,12 @@ The same ``Predictor`` is the ``map_batches`` callable of the Ray engine (engine
 
 from __future__ import annotations
 
+import errno
 import glob
+import io
 import json
 import logging
+import numbers
 import os
 import shutil
 import time
@@ -24,7 +27,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import tables
-from .data import RaggedRow, _parse_label, pick_text_column, stream_codec, stream_records
+from .data import (
+    BLANK,
+    RaggedRow,
+    _parse_label,
+    pick_text_column,
+    stream_codec,
+    stream_records,
+)
 from .errors import UserError
 from .files import write_json
 from .progress import progress
@@ -80,11 +90,9 @@ class Predictor:
             )
 
     def columns(self, texts: list, adapters: list | None = None) -> dict[str, list]:
-        """The prediction columns for these texts (None, numbers: read as text)."""
-        from .predict import is_valid_unicode
-
-        texts = ["" if is_missing(t) else str(t) for t in texts]
-        texts = [t if is_valid_unicode(t) else "" for t in texts]
+        """The prediction columns for these cells: strings and numbers are read as text;
+        None, objects, lists, bytes get no label (never their repr)."""
+        texts = [text_of(t) for t in texts]
         names = None
         if adapters is not None and len(self.clf.adapters) > 1:
             active = self.clf.active_adapter
@@ -118,9 +126,54 @@ def is_missing(value) -> bool:
     return type(value).__name__ == "NAType"
 
 
+def is_text(value) -> bool:
+    """A string, or a number (a JSONL "text": 5 reads as "5"); not a bool, object, list or
+    bytes, whose repr is no post."""
+    if isinstance(value, str):
+        return True
+    return isinstance(value, numbers.Number) and not isinstance(value, (bool, complex))
+
+
+def text_of(value) -> str:
+    """The text to score: "" (no label) for missing, non-text and invalid Unicode values."""
+    from .predict import is_valid_unicode
+
+    if is_missing(value) or not is_text(value):
+        return ""
+    text = str(value)
+    return text if is_valid_unicode(text) else ""
+
+
+def text_status(value) -> str:
+    """ok, empty (missing, blank, invalid Unicode) or non-text: what the summary counts."""
+    if not is_missing(value) and not is_text(value):
+        return "non-text"
+    return "ok" if text_of(value).strip() else "empty"
+
+
+@dataclass
+class Rec:
+    """One input row: its cells as read, where it was, and whether it parsed. Kept apart
+    from the cells so no column name can collide with a marker."""
+
+    values: dict
+    line: int  # line in its file (Parquet: row number), for the summary
+    unparsable: bool = False
+    column: str = ""  # its shard's text column
+
+
+def to_rec(n: int, rec) -> Rec | None:
+    """A record of data.stream_records as a Rec; None for a blank line (not a row)."""
+    if rec is BLANK:
+        return None
+    if rec is None:
+        return Rec({}, n, True)
+    return Rec(dict(rec), n, isinstance(rec, RaggedRow))
+
+
 @dataclass
 class Shard:
-    """One input file, its rows streamed as dicts (every column kept, values as read)."""
+    """One input file, its rows streamed as Recs (every column kept, values as read)."""
 
     path: Path
     encoding: str | None = None
@@ -129,6 +182,8 @@ class Shard:
     schema: object = None  # pyarrow schema of a Parquet input
     text_column: str = ""  # this shard's own (shards of a folder may name it differently)
     label_like: dict = field(default_factory=dict)  # column -> every value reads as 0/1
+    blank: int = 0  # blank lines of a CSV/TSV/JSONL: not rows, counted for the summary
+    blank_lines: list[int] = field(default_factory=list)  # the first few
 
     @property
     def kind(self) -> str:
@@ -137,15 +192,26 @@ class Shard:
     def scan(self) -> Shard:
         """Columns and row count, in one pass that parses every row (a bad file fails here,
         before the model has scored anything)."""
-        if self.kind == "parquet":
-            self.schema, self.rows = tables.parquet_schema(self.path)
-            self.columns = list(self.schema.names)
-            return self
-        self.encoding = stream_codec(self.path, self.encoding)
+        try:
+            if self.kind == "parquet":
+                self.schema, self.rows = tables.parquet_schema(self.path)
+                self.columns = list(self.schema.names)
+                return self
+            self.encoding = stream_codec(self.path, self.encoding)
+            self._scan_records()
+        except OSError as e:  # unreadable: a permission, a folder named .csv, a bad disk
+            raise UserError(f"cannot read {self.path}: {e.strerror or e}") from None
+        return self
+
+    def _scan_records(self) -> None:
         seen: dict[str, None] = {}
         for n, rec in self._records():
             if n == 0:
                 seen.update(dict.fromkeys(rec))
+                continue
+            if rec is BLANK:
+                self.blank += 1
+                self.blank_lines = (self.blank_lines + [n])[:5]
                 continue
             self.rows += 1
             if isinstance(rec, dict):
@@ -155,46 +221,40 @@ class Shard:
                     if self.label_like.get(c, True):
                         self.label_like[c] = _parse_label(v) is not None
         self.columns = list(seen) or ["text"]
-        return self
 
     def _records(self, quiet: bool = False):
         return stream_records(self.path, self.encoding, self.kind == "txt", quiet)
 
-    def iter_rows(self, skip: int = 0) -> Iterator[dict]:
-        """Rows after the first ``skip``; unparsable lines come as rows with no text."""
+    def iter_rows(self, skip: int = 0) -> Iterator[Rec]:
+        """Rows after the first ``skip``; unparsable lines come as Recs marked so."""
         if self.kind == "parquet":
-            yield from tables.parquet_rows(self.path, skip)
+            for i, values in enumerate(tables.parquet_rows(self.path, skip), start=skip + 1):
+                yield Rec(values, i)
             return
         count = 0
         for n, rec in self._records(quiet=True):  # scan() has warned already
-            if n == 0:
+            row = to_rec(n, rec) if n else None
+            if row is None:
                 continue
             count += 1
-            if count <= skip:
-                continue
-            if rec is None:
-                yield {UNPARSABLE: n}
-            elif isinstance(rec, RaggedRow):
-                yield {**rec, UNPARSABLE: n}
-            else:
-                yield rec
+            if count > skip:
+                yield row
 
 
-UNPARSABLE = "\0unparsable_line"  # a key no file has: marks a row kept without its text
-TEXT = "\0text_column"  # likewise: the row's text column (its shard's)
-
-
-def find_shards(spec: str | Path) -> list[Path]:
-    """A file, a folder (its supported files, recursively, sorted) or a glob pattern."""
+def find_shards(spec: str | Path, output: Path | None = None) -> list[Path]:
+    """A file, a folder (its supported files, recursively, sorted) or a glob pattern; never
+    what ``output`` writes (its parts; a folder output's files when it lies in the input)."""
     path = Path(spec)
     if path.is_dir():
         found = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
         found = [p for p in found if p.suffix.lower() in INPUT_SUFFIXES]
+        found = [p for p in found if not written_by(p, output, path)]
         if not found:
             raise UserError(f"{path} holds no {', '.join(INPUT_SUFFIXES)} files")
         return found
     if glob.has_magic(str(spec)):
         found = sorted(Path(p) for p in glob.glob(str(spec), recursive=True) if Path(p).is_file())
+        found = [p for p in found if not written_by(p, output, glob_root(str(spec)))]
         if not found:
             raise UserError(f"no file matches {spec}")
         return found
@@ -208,21 +268,59 @@ def find_shards(spec: str | Path) -> list[Path]:
     return [path]
 
 
+def glob_root(spec: str) -> Path:
+    """The folder a glob pattern starts from (crawl/day*/x.csv: crawl)."""
+    cut = min((i for i in (spec.find(c) for c in "*?[") if i >= 0), default=len(spec))
+    prefix = spec[:cut]
+    return Path(prefix or ".") if prefix.endswith(("/", os.sep)) else Path(prefix).parent
+
+
+def written_by(path: Path, output: Path | None, root: Path) -> bool:
+    """Is ``path`` the output's own: a part in its .partial folder, or a file of a folder
+    output that lies inside the input folder ``root``? Read as input, a second run would
+    score its own output."""
+    if output is None:
+        return False
+    parents = path.resolve().parents
+    if partial_of(output).resolve() in parents:
+        return True
+    folder = output.resolve()
+    inside = root.resolve() in folder.parents  # strictly inside: == root is refused later
+    return is_folder_output(output) and inside and folder in parents
+
+
 @dataclass
 class Summary:
     rows: int = 0
     scored: int = 0  # rows scored in this call (a resumed job skips the committed ones)
     empty: int = 0
+    non_text: int = 0  # an object, list, bytes... in the text column: no label, no repr
+    non_text_lines: list[int] = field(default_factory=list)  # the first few
     unparsable: int = 0
     unparsable_lines: list[int] = field(default_factory=list)  # the first few
     truncated: int = 0
+    blank: int = 0  # blank lines skipped (not rows)
+    blank_lines: list[int] = field(default_factory=list)
     seconds: float = 0.0
     outputs: list[str] = field(default_factory=list)
 
     def counts(self) -> dict:
         """What progress.json keeps of it (a resumed job's summary goes on from there)."""
-        keys = ("empty", "unparsable", "unparsable_lines", "truncated")
-        return {k: getattr(self, k) for k in keys}
+        keys = ("empty", "non_text", "non_text_lines", "unparsable", "unparsable_lines")
+        return {k: getattr(self, k) for k in (*keys, "truncated")}
+
+    def add(self, status: list[str], lines: list[int], truncated: list) -> None:
+        """Count scored rows by status (see text_status; "unparsable" too)."""
+        for s, n in zip(status, lines):
+            if s == "empty":
+                self.empty += 1
+            elif s == "non-text":
+                self.non_text += 1
+                self.non_text_lines = (self.non_text_lines + [n])[:5]
+            elif s == "unparsable":
+                self.unparsable += 1
+                self.unparsable_lines = (self.unparsable_lines + [n])[:5]
+        self.truncated += sum(bool(t) for t in truncated)
 
     def line(self) -> str:
         rate = self.scored / self.seconds if self.seconds else 0.0
@@ -230,12 +328,44 @@ class Summary:
         parts.append(f"{self.scored} scored in {self.seconds:.1f} s ({rate:.0f} rows/s)")
         if self.empty:
             parts.append(f"{self.empty} with no usable text (empty, invalid Unicode): no label")
+        if self.non_text:
+            lines = ", ".join(map(str, self.non_text_lines[:5]))
+            parts.append(
+                f"{self.non_text} with no text in the text column (an object, list, bytes...): "
+                f"no label (lines {lines})"
+            )
         if self.unparsable:
             lines = ", ".join(map(str, self.unparsable_lines[:5]))
             parts.append(f"{self.unparsable} unparsable, kept without a label (lines {lines})")
+        if self.blank:
+            lines = ", ".join(map(str, self.blank_lines[:5]))
+            parts.append(f"{self.blank} blank lines skipped (lines {lines})")
         if self.truncated:
             parts.append(f"{self.truncated} cut to the model's length")
         return "; ".join(parts) + f" -> {', '.join(self.outputs)}"
+
+
+def joint_header(shards: list[Shard], output: Path | None, added: list[str]) -> list[str]:
+    """The output's columns: the input's, then the predictions. Shards into one CSV/Parquet
+    must agree (JSONL rows may differ)."""
+    first = shards[0].columns
+    for s in shards[1:]:
+        if s.columns != first and tables.kind(output or Path("x.csv")) != "jsonl":
+            raise UserError(
+                f"{s.path} has columns {s.columns}, {shards[0].path} {first}: one output file "
+                "needs the same columns; write to a folder (one file per shard) or to .jsonl"
+            )
+    return [*first, *added]
+
+
+def score_records(p: Predictor, recs: list[Rec]) -> tuple[list[dict], list[str]]:
+    """The scored rows (every input cell, then the predictions) and each row's status (ok,
+    empty, non-text, unparsable). The local and the Ray engine both score through here."""
+    values = [None if r.unparsable else r.values.get(r.column) for r in recs]
+    status = ["unparsable" if r.unparsable else text_status(v) for r, v in zip(recs, values)]
+    added = p.columns(values, [r.values.get(p.adapter_column) for r in recs])
+    rows = [{**r.values, **{c: v[i] for c, v in added.items()}} for i, r in enumerate(recs)]
+    return rows, status
 
 
 @dataclass
@@ -253,55 +383,33 @@ class Job:
         return partial_of(self.output)
 
     def header(self) -> list[str]:
-        first = self.shards[0].columns
-        for s in self.shards[1:]:
-            if s.columns != first and tables.kind(self.output or Path("x.csv")) != "jsonl":
-                raise UserError(
-                    f"{s.path} has columns {s.columns}, {self.shards[0].path} {first}: one "
-                    "output file needs the same columns; write to a folder (one file per shard) "
-                    "or to .jsonl"
-                )
-        return [*first, *self.predictor.added]
+        return joint_header(self.shards, self.output, self.predictor.added)
 
-    def rows(self, skip: int) -> Iterator[dict]:
+    def rows(self, skip: int) -> Iterator[Rec]:
         for shard in self.shards:
             if skip >= shard.rows:
                 skip -= shard.rows
                 continue
-            for row in shard.iter_rows(skip):
-                row[TEXT] = shard.text_column
-                yield row
+            for rec in shard.iter_rows(skip):
+                rec.column = shard.text_column
+                yield rec
             skip = 0
 
-    def chunks(self, skip: int) -> Iterator[list[dict]]:
+    def chunks(self, skip: int) -> Iterator[list[Rec]]:
         chunk = []
-        for row in self.rows(skip):
-            chunk.append(row)
+        for rec in self.rows(skip):
+            chunk.append(rec)
             if len(chunk) == self.chunk_rows:
                 yield chunk
                 chunk = []
         if chunk:
             yield chunk
 
-    def score_chunk(self, chunk: list[dict], summary: Summary) -> list[dict]:
-        p = self.predictor
-        texts = []
-        for r in chunk:
-            column = r.pop(TEXT)
-            texts.append(None if UNPARSABLE in r else r.get(column))
-        adapters = [r.get(p.adapter_column) for r in chunk]
-        added = p.columns(texts, adapters)
-        out = []
-        for i, row in enumerate(chunk):
-            line = row.pop(UNPARSABLE, None)
-            if line is not None:
-                summary.unparsable += 1
-                summary.unparsable_lines = (summary.unparsable_lines + [line])[:5]
-            elif not str(texts[i] or "").strip():
-                summary.empty += 1
-            out.append({**row, **{c: v[i] for c, v in added.items()}})
-        summary.truncated += sum(bool(t) for t in added[p.truncated_column])
-        return out
+    def score_chunk(self, chunk: list[Rec], summary: Summary) -> list[dict]:
+        rows, status = score_records(self.predictor, chunk)
+        truncated = [r[self.predictor.truncated_column] for r in rows]
+        summary.add(status, [r.line for r in chunk], truncated)
+        return rows
 
 
 # ---------------------------------------------------------------- committing and resuming
@@ -363,9 +471,21 @@ def open_partial(job: Job, resume: bool, overwrite: bool) -> dict | None:
             "run without --resume and with --overwrite to start over"
         )
     for p in partial.glob("part-*"):  # written, but killed before its commit
-        if int(p.name[5:11]) >= state["parts"]:
+        if p.name[5:11].isdigit() and int(p.name[5:11]) >= state["parts"]:
             p.unlink()
+    check_parts(partial, state["parts"], tables.output_kind(out))
     return state
+
+
+def check_parts(partial: Path, parts: int, out_kind: str) -> None:
+    """Every committed part must still be there: joined without one, the output would be
+    short by its rows without a word."""
+    missing = [i for i in range(parts) if not (partial / part_name(i, out_kind)).is_file()]
+    if missing:
+        raise UserError(
+            f"{partial}: {len(missing)} of its {parts} committed parts are gone "
+            f"({part_name(missing[0], out_kind)} first): --overwrite scores it again from the start"
+        )
 
 
 def check_complete(job: Job) -> None:
@@ -390,6 +510,20 @@ def remove_partial(partial: Path) -> None:
 
 def run_job(job: Job, resume: bool = False, overwrite: bool = False, bar=None) -> Summary:
     """Score a job's rows into its output, committing every chunk (see the module's doc)."""
+    try:
+        return _run_job(job, resume, overwrite, bar)
+    except OSError as e:
+        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise UserError(f"cannot write {e.filename or job.output}: {e.strerror}") from None
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise UserError(
+                f"disk full writing {e.filename or job.output}: the committed chunks are kept; "
+                "free space, then the same command with --resume goes on"
+            ) from None
+        raise
+
+
+def _run_job(job: Job, resume: bool, overwrite: bool, bar) -> Summary:
     from filelock import FileLock, Timeout
 
     header = job.header()
@@ -451,27 +585,34 @@ def plan_jobs(
     predictor: Predictor,
     chunk_rows: int,
     encoding: str | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
 ) -> list[Job]:
     """Shards and where each goes: one output file, or a folder (one file per shard)."""
-    paths = find_shards(input_spec)
+    paths = find_shards(input_spec, output)
     if output is not None:
         refuse_input_as_output(output, paths)
-    shards = []
-    for p in progress(paths, desc="reading inputs", unit="file", disable=len(paths) < 2):
-        shard = Shard(p, encoding).scan()
-        predictor.check_columns(shard.columns, str(p))
-        shard.text_column = pick_text_column(shard.columns, predictor.text_column, p)
-        check_text_column(shard.text_column, shard)
-        shards.append(shard)
+    shards = scan_shards(paths, encoding, predictor.text_column, predictor.check_columns)
     if output is not None and is_folder_output(output):
         root = Path(input_spec) if Path(input_spec).is_dir() else common_parent(paths)
-        return [
-            make_job([s], folder_target(output, root, s.path), predictor, chunk_rows)
-            for s in shards
-        ]
+        targets = folder_targets(output, root, shards)
+        check_folder_targets(targets, predictor.added, resume, overwrite)
+        return [make_job([s], t, predictor, chunk_rows) for s, t in zip(shards, targets)]
     if output is not None:
         tables.output_kind(output)
     return [make_job(shards, output, predictor, chunk_rows)]
+
+
+def scan_shards(paths: list[Path], encoding, text_column, check_columns) -> list[Shard]:
+    """Every shard read once, before anything is scored: columns, rows, refusals."""
+    shards = []
+    for p in progress(paths, desc="reading inputs", unit="file", disable=len(paths) < 2):
+        shard = Shard(p, encoding).scan()
+        check_columns(shard.columns, str(p))
+        shard.text_column = pick_text_column(shard.columns, text_column, p)
+        check_text_column(shard.text_column, shard)
+        shards.append(shard)
+    return shards
 
 
 def check_text_column(column: str, shard: Shard) -> None:
@@ -492,9 +633,50 @@ def common_parent(paths: list[Path]) -> Path:
 
 
 def folder_target(folder: Path, root: Path, path: Path) -> Path:
+    """The shard's own name under ``folder``; a .txt shard is written as CSV under its whole
+    name plus .csv (a.txt -> a.txt.csv), so it never meets the a.csv of the same folder."""
     rel = path.resolve().relative_to(root.resolve())
-    suffix = ".csv" if path.suffix.lower() == ".txt" else path.suffix
-    return folder / rel.with_suffix(suffix)
+    if path.suffix.lower() == ".txt":
+        rel = rel.with_name(rel.name + ".csv")
+    return folder / rel
+
+
+def folder_targets(output: Path, root: Path, shards: list[Shard]) -> list[Path]:
+    """One output per shard; two shards into one file, or one over an input, are refused."""
+    if output.exists() and not output.is_dir():
+        raise UserError(f"--output {output} is a file: a folder output needs a folder")
+    inputs = {s.path.resolve(): s.path for s in shards}
+    targets, seen = [], {}
+    for s in shards:
+        target = folder_target(output, root, s.path)
+        # casefold: names that differ only in case are one file on macOS and Windows disks
+        other = seen.setdefault(str(target).casefold(), s.path)
+        if other != s.path:
+            raise UserError(
+                f"{other} and {s.path} would both be written to {target}: rename one, or "
+                "write every shard into one .jsonl"
+            )
+        if target.resolve() in inputs:
+            raise UserError(
+                f"--output {output} would write {target} over the input {inputs[target.resolve()]}"
+                ": write to another folder"
+            )
+        targets.append(target)
+    return targets
+
+
+def check_folder_targets(targets: list[Path], added: list[str], resume, overwrite) -> None:
+    """Before anything is scored. A folder may hold the user's own files: --overwrite
+    replaces only earlier outputs of predict (files with the prediction columns)."""
+    for t in targets:
+        if t.is_dir():
+            raise UserError(f"{t} is a folder: the output of that shard cannot be written")
+        precheck(t, resume, overwrite)
+        if overwrite and not resume and t.is_file() and not tables.holds_columns(t, added):
+            raise UserError(
+                f"{t} exists and is no output of predict (no {added[0]} column): --overwrite "
+                "replaces only those in a folder; move it away"
+            )
 
 
 def make_job(shards: list[Shard], output, predictor: Predictor, chunk_rows: int) -> Job:
@@ -539,9 +721,10 @@ def score(
     if chunk_rows < 1:
         raise UserError("--chunk-rows must be at least 1")
     t0 = time.perf_counter()
-    jobs = plan_jobs(input_spec, output, predictor, chunk_rows, encoding)
+    jobs = plan_jobs(input_spec, output, predictor, chunk_rows, encoding, resume, overwrite)
     total = Summary()
-    rows = sum(s.rows for j in jobs for s in j.shards)
+    shards = [s for j in jobs for s in j.shards]
+    rows = sum(s.rows for s in shards)
     with progress(total=rows, desc="scoring", unit="rows", smoothing=0.05) as bar:
         for job in jobs:
             if job.output is None:
@@ -549,15 +732,24 @@ def score(
             else:
                 done = run_job(job, resume, overwrite, bar)
             merge_summary(total, done)
+    add_blank_lines(total, shards)
     total.seconds = time.perf_counter() - t0
     return total
 
 
 def merge_summary(total: Summary, done: Summary) -> None:
-    for k in ("rows", "scored", "empty", "unparsable", "truncated"):
+    for k in ("rows", "scored", "empty", "non_text", "unparsable", "truncated"):
         setattr(total, k, getattr(total, k) + getattr(done, k))
-    total.unparsable_lines = (total.unparsable_lines + done.unparsable_lines)[:5]
+    for k in ("non_text_lines", "unparsable_lines"):
+        setattr(total, k, (getattr(total, k) + getattr(done, k))[:5])
     total.outputs += done.outputs
+
+
+def add_blank_lines(summary: Summary, shards: list[Shard]) -> None:
+    """Blank lines are no rows: counted by the scan, reported in the summary."""
+    for s in shards:
+        summary.blank += s.blank
+        summary.blank_lines = (summary.blank_lines + s.blank_lines)[:5]
 
 
 def stream_job(job: Job, stdout, out_kind: str, bar) -> Summary:
@@ -569,9 +761,13 @@ def stream_job(job: Job, stdout, out_kind: str, bar) -> Summary:
     if out_kind != "jsonl":
         stdout.write(tables.header_line(header, out_kind))
     summary = Summary(outputs=["stdout"])
+    encoding = getattr(stdout, "encoding", None) or "utf-8"
     for chunk in job.chunks(0):
         rows = job.score_chunk(chunk, summary)
-        tables.write_rows(stdout, rows, header, out_kind)
+        buf = io.StringIO()
+        tables.write_rows(buf, rows, header, out_kind)
+        # what the terminal's encoding cannot hold (a lone surrogate) as an escape, not a crash
+        stdout.write(buf.getvalue().encode(encoding, tables.UNENCODABLE).decode(encoding))
         summary.rows += len(rows)
         summary.scored += len(rows)
         bar.update(len(rows))

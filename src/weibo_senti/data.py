@@ -58,35 +58,137 @@ def decode(raw: bytes, path: Path, encoding: str | None = None) -> str:
         raise UserError(f"{path}: cannot decode as {codec}: {e}") from None
 
 
+# Files that are not text, by their first bytes: read as text they would give rows of junk.
+MAGIC = {
+    b"PK\x03\x04": "a zip archive (an .xlsx, .docx, ...)",
+    b"\x1f\x8b": "gzip-compressed",
+    b"PAR1": "a Parquet file",
+    b"%PDF": "a PDF",
+    b"\x89PNG": "a PNG image",
+    b"\xff\xd8\xff": "a JPEG image",
+    b"\xd0\xcf\x11\xe0": "an old Office file (.xls, .doc)",
+    b"SQLite format 3\x00": "an SQLite database",
+    b"\xfd7zXZ": "xz-compressed",
+    b"\x28\xb5\x2f\xfd": "zstd-compressed",
+    b"\x7fELF": "a program",
+}
+UTF16_32 = ("utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le", "utf-32-be")
+
+
 def detect_codec(raw: bytes, path: Path, encoding: str | None = None) -> str:
-    """The codec of ``raw`` (a whole file, or its first bytes cut at a line break)."""
+    """The codec of ``raw`` (a whole file, or its first bytes cut at a line break). A guess
+    other than UTF is said in a warning naming it and --encoding; so is an ``encoding`` that
+    gives text far less Chinese-looking than the guess would (mojibake)."""
+    for magic, what in MAGIC.items():
+        if raw.startswith(magic):
+            raise UserError(f"{path} is {what}, not text: export or decompress it first")
     if encoding:
         try:
-            return codecs.lookup(encoding).name
+            codec = codecs.lookup(encoding).name
         except LookupError:
             raise UserError(f"{path}: unknown encoding {encoding!r}") from None
+        if codec not in UTF16_32:
+            _refuse_zero_bytes(raw, path)
+        _warn_mojibake(raw, path, codec)
+        return codec
+    codec, note = _guess(raw, path)
+    if note:
+        log.warning("%s: %s; pass --encoding if that is wrong", path, note)
+    return codec
+
+
+def _guess(raw: bytes, path: Path) -> tuple[str, str | None]:
+    """(codec, a note when the guess is not plain UTF-8/UTF-16 with a BOM)."""
+    if raw.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)):
+        return "utf-32", None
     if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        return "utf-16"
+        return "utf-16", None
+    utf16 = _utf16_without_bom(raw)
+    if utf16:
+        return utf16, f"read as {utf16.upper()} (no BOM; guessed from its zero bytes)"
+    _refuse_zero_bytes(raw, path)
     try:
         raw.decode("utf-8")
     except UnicodeDecodeError:
         pass
     else:
-        if _gbk_posing_as_utf8(raw, path):
-            return "gb18030"
-        return "utf-8-sig" if raw.startswith(codecs.BOM_UTF8) else "utf-8"
-    codec = _chinese_legacy(raw, path)
-    if codec is not None:
-        return codec
+        if _gbk_posing_as_utf8(raw):
+            return "gb18030", "read as GBK (it is also valid UTF-8, as nonsense)"
+        return ("utf-8-sig" if raw.startswith(codecs.BOM_UTF8) else "utf-8"), None
+    found = _chinese_legacy(raw)
+    if found is not None:
+        return found
     from charset_normalizer import from_bytes
 
     best = from_bytes(raw).best()
     if best is None:
         raise UserError(f"{path}: unknown text encoding; pass --encoding (e.g. utf-8, gbk)")
-    log.warning(
-        "%s: decoded as %s (guessed); pass --encoding if that is wrong", path, best.encoding
-    )
-    return best.encoding
+    return best.encoding, f"decoded as {best.encoding} (guessed)"
+
+
+def _utf16_without_bom(raw: bytes) -> str | None:
+    """UTF-16 without a BOM: ASCII (commas, line breaks, digits) leaves a zero byte beside
+    every character, on one side only; read as UTF-8 or GBK it would be mojibake with NULs."""
+    sample = raw[:4096]
+    half = len(sample) // 2
+    if half < 2:
+        return None
+    even, odd = sample[0::2].count(0) / half, sample[1::2].count(0) / half
+    if odd >= 0.3 and even < 0.01:
+        codec = "utf-16-le"
+    elif even >= 0.3 and odd < 0.01:
+        codec = "utf-16-be"
+    else:
+        return None
+    try:
+        text = raw[: len(raw) - len(raw) % 2].decode(codec)
+    except UnicodeDecodeError:
+        return None
+    controls = sum(c < " " and c not in "\t\n\r\f" for c in text[:2048])
+    return codec if controls <= min(len(text), 2048) // 20 else None  # else binary
+
+
+CONTROL = bytes([*range(0, 9), *range(14, 32), 127])  # no text holds many (tab, CR, LF: fine)
+
+
+def _refuse_zero_bytes(raw: bytes, path: Path) -> None:
+    """Text has few control bytes (a stray NUL in a post is kept); many mean a binary file.
+    No GBK, Big5 or UTF-8 character has a byte below 0x20 inside it."""
+    zeros = raw.count(0)
+    controls = len(raw) - len(raw.translate(None, CONTROL))
+    if zeros > max(8, len(raw) // 100) or controls > max(8, len(raw) // 20):
+        raise UserError(
+            f"{path} holds binary data ({controls} control bytes, {zeros} of them zero, in its "
+            f"first {len(raw)}), not text: another format renamed? (UTF-16/32: pass --encoding)"
+        )
+
+
+def _warn_mojibake(raw: bytes, path: Path, codec: str) -> None:
+    """An explicit --encoding is obeyed; if the guess reads far more like Chinese, say so."""
+    try:
+        text = raw.decode(codec)
+        guess, _ = _guess(raw, path)
+        other = raw.decode(guess)
+    except (UnicodeDecodeError, LookupError, UserError):
+        return  # not decodable as asked (decode() says so), or no guess to compare with
+    if codecs.lookup(guess).name == codec or other == text:
+        return
+    mine, theirs = _chinese_share(text), _chinese_share(other)
+    if theirs >= 0.8 and mine < 0.5:
+        log.warning(
+            "%s: as --encoding %s, %.0f%% of its Chinese characters are common ones (%.0f%% "
+            "as %s): the text is likely mojibake; check --encoding",
+            path,
+            codec,
+            100 * mine,
+            100 * theirs,
+            guess,
+        )
+
+
+def _chinese_share(text: str) -> float:
+    """Share of common characters in the text's Han ones (0: no Han at all)."""
+    return max(_common_share(text, "gb2312", 0xB0, 0xD7), _common_share(text, "big5", 0xA4, 0xC6))
 
 
 def _common_share(text: str, encoding: str, first: int, last: int) -> float:
@@ -104,7 +206,7 @@ def _common_share(text: str, encoding: str, first: int, last: int) -> float:
     return hits / len(han)
 
 
-def _gbk_posing_as_utf8(raw: bytes, path: Path) -> bool:
+def _gbk_posing_as_utf8(raw: bytes) -> bool:
     """Short GBK text can be valid UTF-8 (微 = CE A2 = U+03A2): when UTF-8 gives only
     characters below U+0800 (Greek, Cyrillic, ... no Chinese) and GB18030 gives common Chinese
     ones, the file is GBK."""
@@ -116,13 +218,10 @@ def _gbk_posing_as_utf8(raw: bytes, path: Path) -> bool:
         gbk = raw.decode("gb18030")
     except UnicodeDecodeError:
         return False
-    if _common_share(gbk, "gb2312", 0xB0, 0xD7) < 0.8:
-        return False
-    log.warning("%s: read as GBK (it is also valid UTF-8, as nonsense); pass --encoding", path)
-    return True
+    return _common_share(gbk, "gb2312", 0xB0, 0xD7) >= 0.8
 
 
-def _chinese_legacy(raw: bytes, path: Path) -> str | None:  # the codec
+def _chinese_legacy(raw: bytes) -> tuple[str, str] | None:  # (codec, note)
     """GB18030 (GBK) or Big5: Big5 bytes often decode as GB18030 without an error, into
     nonsense. Both decodings are judged by how many of their characters are common ones
     (GB2312 level 1, Big5 frequent block)."""
@@ -134,37 +233,57 @@ def _chinese_legacy(raw: bytes, path: Path) -> str | None:  # the codec
             pass
     if not decoded:
         return None
-    if len(decoded) == 1:
-        return next(iter(decoded))
-    gb = _common_share(decoded["gb18030"], "gb2312", 0xB0, 0xD7)
-    big5 = _common_share(decoded["big5"], "big5", 0xA4, 0xC6)
-    if big5 > gb:
-        log.warning(
-            "%s: read as Big5 (traditional Chinese; %.0f%% common characters against %.0f%% "
-            "as GBK); pass --encoding gb18030 if that is wrong",
-            path,
-            100 * big5,
-            100 * gb,
+    gb = _common_share(decoded["gb18030"], "gb2312", 0xB0, 0xD7) if "gb18030" in decoded else 0
+    big5 = _common_share(decoded["big5"], "big5", 0xA4, 0xC6) if "big5" in decoded else 0
+    if "gb18030" not in decoded or big5 > gb:
+        return "big5", (
+            f"read as Big5 (traditional Chinese; {100 * big5:.0f}% common characters against "
+            f"{100 * gb:.0f}% as GBK{'' if 'gb18030' in decoded else ', which cannot decode it'})"
         )
-        return "big5"
-    return "gb18030"
+    return "gb18030", "read as GB18030/GBK (detected: the file is not UTF-8)"
 
 
 def is_jsonl(path: Path) -> bool:
     return path.suffix.lower() in (".jsonl", ".json", ".ndjson")
 
 
+class Blank:
+    """A line holding nothing but whitespace in a CSV/TSV/JSONL file: not a row; counted."""
+
+
+BLANK = Blank()
+
+
+class DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list) -> dict:
+    """json.loads keeps the last of two equal keys: one value would be lost without a word."""
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) < len(keys):
+        raise DuplicateKey(next(k for k in keys if keys.count(k) > 1))
+    return dict(pairs)
+
+
 def _rows(stream, path: Path, quiet: bool = False):
-    """Yield (line number, dict or None if unparsable) from a text stream of CSV/TSV/JSONL; for
-    CSV/TSV first (0, header). The stream splits lines as the format does: csv's own rules
-    (\r\n, \r, \n; newline="") or, for JSONL, \n alone (newline="\n"): str.splitlines would
-    also split on U+2028, \x1c, \x85, ... which csv does not quote and JSON strings may hold."""
+    """Yield (line number, dict, or None if unparsable, or BLANK) from a text stream of
+    CSV/TSV/JSONL; for CSV/TSV first (0, header). The stream splits lines as the format does:
+    csv's own rules (\r\n, \r, \n; newline="") or, for JSONL, \n alone (newline="\n"):
+    str.splitlines would also split on U+2028, \x1c, \x85, ... which csv does not quote and
+    JSON strings may hold."""
     if is_jsonl(path):
         for n, line in enumerate(stream, start=1):
             if not line.strip():
+                yield n, BLANK
                 continue
             try:
-                obj = json.loads(line)
+                obj = json.loads(line, object_pairs_hook=_unique_keys)
+            except DuplicateKey as e:
+                raise UserError(
+                    f"{path} line {n}: key {e.args[0]!r} appears twice in one object (one value "
+                    "would be lost); keep one"
+                ) from None
             except json.JSONDecodeError:
                 obj = None
             yield n, obj if isinstance(obj, dict) else None
@@ -219,6 +338,7 @@ def _csv_rows(lines: _Lines, path: Path, delimiter: str, quiet: bool = False):
         header = [h.strip() for h in _next_row(reader)]
     except StopIteration:
         raise UserError(f"{path} is empty") from None
+    _check_header(header, path)
     yield 0, header  # the header, so callers can name missing columns
     start = reader.line_num + 1
     spanning = []  # rows whose quoted text runs over several lines
@@ -234,10 +354,9 @@ def _csv_rows(lines: _Lines, path: Path, delimiter: str, quiet: bool = False):
             spanning.append(start)
             if lines.upcoming is None:
                 _check_closed(lines.row_lines, path, start, delimiter)
-        if row is not None and not any(cell.strip() for cell in row):
-            start = reader.line_num + 1
-            continue  # blank line
-        if row is None:
+        if row is not None and _is_blank("".join(lines.row_lines), len(header)):
+            yield start, BLANK
+        elif row is None:
             yield start, None
         elif len(row) == len(header):
             yield start, dict(zip(header, row))
@@ -252,6 +371,25 @@ def _csv_rows(lines: _Lines, path: Path, delimiter: str, quiet: bool = False):
             len(spanning),
             ", ".join(map(str, spanning[:5])),
         )
+
+
+def _is_blank(line: str, columns: int) -> bool:
+    """An empty line; or, with several columns, one of only spaces (no delimiter: not a row).
+    In a one-column file spaces are a row whose text is blank (csv.writer writes it so)."""
+    return not line.strip("\r\n") or (columns > 1 and not line.strip())
+
+
+def _check_header(header: list[str], path: Path) -> None:
+    """Two columns of one name would collapse into one (each row keeps one value): refuse."""
+    seen: dict[str, int] = {}
+    for i, name in enumerate(header, start=1):
+        if name in seen:
+            what = f"column {name!r}" if name else "an unnamed column"
+            raise UserError(
+                f"{path}: the header has {what} twice (columns {seen[name]} and {i}): one would "
+                "be lost; rename one"
+            )
+        seen[name] = i
 
 
 def _check_closed(tail: list[str], path: Path, line: int, delimiter: str) -> None:
@@ -289,12 +427,17 @@ def _records(path: Path, encoding: str | None) -> tuple[list[str] | None, list]:
     require_file(path)
     text = decode(path.read_bytes(), path, encoding)
     stream = io.StringIO(text, newline="\n" if is_jsonl(path) else "")
-    header, records = None, []
+    header, records, blank = None, [], []
     for n, rec in _rows(stream, path):
         if n == 0:
             header = rec
+        elif rec is BLANK:  # not a row, but said
+            blank.append(n)
         else:
             records.append((n, rec))
+    if blank:
+        lines = ", ".join(map(str, blank[:5]))
+        log.warning("%s: %d blank lines skipped (lines %s)", path, len(blank), lines)
     return header, records
 
 
@@ -313,12 +456,19 @@ def stream_codec(path: Path, encoding: str | None) -> str:
     return detect_codec(head, path, encoding)
 
 
-def stream_records(path: Path, codec: str, text_lines: bool = False, quiet: bool = False):
-    """Like _records, lazily: (0, header) first for CSV/TSV, then (line number, record).
-    ``text_lines``: a .txt file, each line a record {"text": line}."""
+def stream_records(
+    path: Path, codec: str, text_lines: bool = False, quiet: bool = False, binary=None
+):
+    """Like _records, lazily: (0, header) first for CSV/TSV, then (line number, record or
+    None or BLANK). ``text_lines``: a .txt file, each line a record {"text": line}.
+    ``binary``: read this open binary stream instead of opening ``path`` (a Ray worker's)."""
     # .txt: universal newlines, as read_texts splits them; JSONL: \n alone; CSV: csv's rules
     newline = None if text_lines else "\n" if is_jsonl(path) else ""
-    with open(path, encoding=codec, newline=newline, errors="strict") as stream:
+    if binary is None:
+        stream = open(path, encoding=codec, newline=newline, errors="strict")
+    else:
+        stream = io.TextIOWrapper(binary, encoding=codec, newline=newline, errors="strict")
+    with stream:
         try:
             if text_lines:
                 for n, line in enumerate(stream, start=1):
@@ -327,8 +477,8 @@ def stream_records(path: Path, codec: str, text_lines: bool = False, quiet: bool
                 yield from _rows(stream, path, quiet)
         except UnicodeDecodeError as e:
             raise UserError(
-                f"{path}: bytes beyond the first lines are not {codec} ({e.reason}); "
-                "pass --encoding"
+                f"{path}: holds bytes that are not {codec} ({e.reason}); pass the file's "
+                "encoding with --encoding"
             ) from None
 
 
@@ -341,7 +491,8 @@ def read_labelled(
     """Read a labelled file; bad rows are counted, skipped and reported, never silently lost."""
     path = Path(path)
     texts, labels = [], []
-    bad: dict[str, list[int]] = {"unparsable": [], "empty text": [], "label not 0/1": []}
+    bad: dict[str, list[int]] = {"unparsable": [], "empty text": [], "not text": []}
+    bad["label not 0/1"] = []
     bad_values: dict[str, int] = {}
     total = 0
     header, records = _records(path, encoding)
@@ -357,7 +508,9 @@ def read_labelled(
             continue
         text = rec[text_column]
         label = _parse_label(rec[label_column])
-        if not isinstance(text, str) or not text.strip():
+        if text is not None and not isinstance(text, str):  # an object, list, number: no repr
+            bad["not text"].append(n)
+        elif not text or not text.strip():
             bad["empty text"].append(n)
         elif label is None:
             bad["label not 0/1"].append(n)
@@ -415,7 +568,7 @@ def read_texts(
             kept[c].append(None if rec is None else rec.get(c))
     if bad:
         log.warning(
-            "%s: %d unparsable rows kept as empty texts (lines %s)",
+            "%s: %d unparsable or non-text rows kept as empty texts (lines %s)",
             path,
             len(bad),
             ", ".join(map(str, bad[:5])),

@@ -1,20 +1,26 @@
-"""The Ray Data engine: the same ``bulk.Predictor`` on a pool of actors (local Ray or a cluster).
+"""The Ray Data engine: the same scoring as the local engine on a pool of actors.
 
-read_* (pyarrow's readers, every CSV/TSV column kept as a string) → ``map_batches(Predictor)``
-with an actor pool, the model loaded once per actor → the driver streams the scored batches, in
-input order, into one output file with the writers the local engine uses. Every worker needs
-weibo-senti, the run folder and its base at the same paths (shared storage or the hub cache).
+The driver first scans every shard as the local engine does (bulk.scan_shards: columns, row
+counts, encodings, and the same refusals, before Ray starts). CSV/TSV/JSONL/TXT are then read
+on the workers by data.py, row for row as the local engine reads them (ragged and unparsable
+rows kept, blank lines skipped and counted), each row carried as one JSON string so no column
+of the input can collide with anything of ours; ``RowScorer`` scores them with
+``bulk.score_records``. Parquet is read by ``read_parquet`` and scored by ``bulk.Predictor``.
+The driver streams the scored batches, in input order, into one output file with the writers
+the local engine uses. Every worker needs weibo-senti, the run folder, its base and the input
+files at the same paths (shared storage or the hub cache).
 """
 
 from __future__ import annotations
 
-import csv
+import json
 import time
 from pathlib import Path
 
 from . import bulk, tables
-from .data import stream_codec
 from .errors import UserError
+
+READ_ROWS = 1024  # rows per block a read task yields
 
 
 def require_ray():
@@ -26,42 +32,83 @@ def require_ray():
     return ray
 
 
-def read(ray, paths: list[Path], text_column: str):
-    """One Ray dataset over the shards (all of one kind)."""
-    kinds = {tables.kind(p) for p in paths}
+def scan(input_spec, output: Path, text_column, prefix: str, encoding) -> list[bulk.Shard]:
+    """The shards, scanned in the driver with the local engine's refusals."""
+    paths = bulk.find_shards(input_spec, output)
+    bulk.refuse_input_as_output(output, paths)
+    kinds = {"parquet" if tables.kind(p) == "parquet" else "rows" for p in paths}
     if len(kinds) > 1:
-        raise UserError(f"--engine ray reads one kind of file at a time, not {sorted(kinds)}")
-    kind, files = kinds.pop(), [str(p) for p in paths]
-    if kind == "parquet":
-        return ray.data.read_parquet(files)
-    codec = stream_codec(paths[0], None)
-    if kind != "csv" and kind != "tsv" and codec not in ("utf-8", "utf-8-sig"):
-        raise UserError(f"{paths[0]} is {codec}: --engine ray reads {kind} in UTF-8 only")
-    if kind == "txt":
-        return ray.data.read_text(files, drop_empty_lines=False)
-    if kind == "jsonl":
-        return ray.data.read_json(files, lines=True)
-    import pyarrow as pa
-    import pyarrow.csv as pacsv
+        raise UserError("--engine ray reads Parquet or text files (CSV, JSONL, TXT), not both")
+    one_file = output if "rows" in kinds else Path("x.parquet")  # read_parquet: one schema
 
-    delimiter = "\t" if kind == "tsv" else ","
-    header = read_header(paths[0], delimiter, codec)
-    return ray.data.read_csv(
-        files,
-        read_options=pacsv.ReadOptions(encoding=codec),  # GBK, Big5: transcoded by pyarrow
-        parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
-        # strings as read: "007" stays "007", an empty cell stays ""
-        convert_options=pacsv.ConvertOptions(
-            column_types={c: pa.string() for c in header},
-            strings_can_be_null=False,
-            quoted_strings_can_be_null=False,
-        ),
+    def check_columns(columns: list[str], source: str) -> None:
+        ours = ("label", "label_zh", "score", "truncated", "adapter")
+        clash = [
+            c for c in columns if c in {prefix + n for n in ours} or c.startswith(prefix + "p_")
+        ]
+        if clash:
+            raise UserError(
+                f"{source} already has column {clash[0]!r}: pass --prefix to name the predictions"
+            )
+
+    shards = bulk.scan_shards(paths, encoding, text_column, check_columns)
+    bulk.joint_header(shards, one_file, [])  # shards into one file: the same columns
+    return shards
+
+
+def read_shard(batch: dict):
+    """map_batches over shard descriptions: each file's rows as data.py reads them, in blocks
+    of JSON-encoded rows (ASCII escapes: a lone surrogate survives Arrow's UTF-8)."""
+    import pyarrow as pa
+
+    from .data import stream_records
+
+    for path, codec, column, txt in zip(
+        batch["path"], batch["codec"], batch["column"], batch["txt"]
+    ):
+        block: list[bulk.Rec] = []
+        for n, rec in stream_records(Path(path), str(codec), bool(txt), quiet=True):
+            row = bulk.to_rec(n, rec) if n else None
+            if row is not None:
+                block.append(row)
+            if len(block) == READ_ROWS:
+                yield rows_block(block, str(column), pa)
+                block = []
+        if block:
+            yield rows_block(block, str(column), pa)
+
+
+def rows_block(recs: list[bulk.Rec], column: str, pa):
+    return pa.table(
+        {
+            "row": [json.dumps(r.values) for r in recs],
+            "line": pa.array([r.line for r in recs], pa.int64()),
+            "unparsable": pa.array([r.unparsable for r in recs], pa.bool_()),
+            "column": [column] * len(recs),
+        }
     )
 
 
-def read_header(path: Path, delimiter: str, codec: str) -> list[str]:
-    with open(path, encoding=codec, newline="") as f:
-        return next(csv.reader(f, delimiter=delimiter), [])
+class RowScorer:
+    """The map_batches callable for rows read by ``read_shard``: bulk.score_records, exactly
+    the local engine's scoring; the model is loaded once per actor."""
+
+    def __init__(self, **predictor_options):
+        self.predictor = bulk.Predictor(**predictor_options)
+
+    def __call__(self, batch):
+        import pyarrow as pa
+
+        cols = [batch.column(k).to_pylist() for k in ("row", "line", "unparsable", "column")]
+        recs = [bulk.Rec(json.loads(r), n, u, c) for r, n, u, c in zip(*cols)]
+        rows, status = bulk.score_records(self.predictor, recs)
+        return pa.table(
+            {
+                "row": [json.dumps(r) for r in rows],
+                "status": status,
+                "line": pa.array([r.line for r in recs], pa.int64()),
+            }
+        )
 
 
 def score(
@@ -69,7 +116,7 @@ def score(
     output: Path,
     run: Path,
     *,
-    text_column: str = "review",
+    text_column: str | None = "review",
     prefix: str = "pred_",
     batch_size: int = 16,
     precision: str = "auto",
@@ -80,6 +127,7 @@ def score(
     gpus_per_worker: float = 0.0,
     cpus_per_worker: float | None = None,
     rows_per_batch: int = 256,
+    encoding: str | None = None,
 ) -> bulk.Summary:
     """Score ``input_spec`` into ``output`` with ``workers`` actors; returns the summary."""
     ray = require_ray()
@@ -88,10 +136,19 @@ def score(
         raise UserError(f"{output} exists; pass --overwrite to replace it")
     if workers < 1:
         raise UserError("--workers must be at least 1")
-    paths = bulk.find_shards(input_spec)
-    if all(tables.kind(p) == "txt" for p in paths):
-        text_column = "text"  # read_text's one column
     t0 = time.perf_counter()
+    shards = scan(input_spec, output, text_column, prefix, encoding)
+    options = {
+        "run": str(Path(run).resolve()),
+        "text_column": shards[0].text_column,
+        "prefix": prefix,
+        "batch_size": batch_size,
+        "precision": precision,
+        "base_model": base_model,
+    }
+    if not sum(s.rows for s in shards):  # nothing to spread: the local engine, same output
+        predictor = bulk.Predictor(**{**options, "text_column": text_column})
+        return bulk.score(input_spec, output, predictor, overwrite=overwrite, encoding=encoding)
     started = not ray.is_initialized()
     if started:
         check_reachable(address)
@@ -99,37 +156,75 @@ def score(
             ray.init(address=address, include_dashboard=False, log_to_driver=False)
         except ConnectionError as e:
             raise UserError(f"cannot reach the Ray cluster at {address}: {e}") from None
-    # Input order: Ray's preserve_order, for this run only. A Dataset copies the context when it
-    # is created, so it is set before reading (set only before writing, order held by luck).
-    ctx = ray.data.DataContext.get_current()
-    before, ctx.execution_options.preserve_order = ctx.execution_options.preserve_order, True
     try:
-        # one file is one block: split it (streaming) so every actor gets work
-        ds = read(ray, paths, text_column).repartition(target_num_rows_per_block=rows_per_batch)
-        scored = ds.map_batches(
-            bulk.Predictor,
-            fn_constructor_kwargs={
-                "run": str(Path(run).resolve()),
-                "text_column": text_column,
-                "prefix": prefix,
-                "batch_size": batch_size,
-                "precision": precision,
-                "base_model": base_model,
-            },
-            batch_format="pyarrow",
-            batch_size=rows_per_batch,
-            concurrency=workers,
-            num_cpus=cpus_per_worker or cpus_each(ray, workers),
-            num_gpus=gpus_per_worker or None,
-        )
-        summary = write_ordered(scored, output, out_kind, prefix)
+        resources = {"concurrency": workers, "num_gpus": gpus_per_worker or None}
+        resources["num_cpus"] = cpus_per_worker or cpus_each(ray, workers)
+        summary = run_dataset(ray, shards, output, out_kind, options, resources, rows_per_batch)
     finally:
-        ctx.execution_options.preserve_order = before
         if started:
             ray.shutdown()
+    bulk.add_blank_lines(summary, shards)
     summary.seconds = time.perf_counter() - t0
     summary.scored = summary.rows
     return summary
+
+
+def run_dataset(ray, shards, output, out_kind, options, resources, rows_per_batch):
+    """Build the dataset and write it in input order: Ray's preserve_order, for this run only.
+    A Dataset copies the context when it is created, so it is set before reading."""
+    ctx = ray.data.DataContext.get_current()
+    before, ctx.execution_options.preserve_order = ctx.execution_options.preserve_order, True
+    try:
+        parquet = shards[0].kind == "parquet"
+        if parquet:
+            ds = ray.data.read_parquet([str(s.path) for s in shards])
+        else:
+            ds = ray.data.from_items([shard_item(s) for s in shards])
+            ds = ds.map_batches(read_shard, batch_size=1)
+        # one file is one block: split it (streaming) so every actor gets work
+        ds = ds.repartition(target_num_rows_per_block=rows_per_batch)
+        scored = ds.map_batches(
+            bulk.Predictor if parquet else RowScorer,
+            fn_constructor_kwargs=options,
+            batch_format="pyarrow",
+            batch_size=rows_per_batch,
+            **resources,
+        )
+        write = write_arrow if parquet else write_json_rows
+        return one_line_errors(lambda: write(scored, output, out_kind, shards, options))
+    finally:
+        ctx.execution_options.preserve_order = before
+
+
+def shard_item(shard: bulk.Shard) -> dict:
+    """What a read task needs of a scanned shard."""
+    path, txt = str(shard.path.resolve()), shard.kind == "txt"
+    return {"path": path, "codec": shard.encoding, "column": shard.text_column, "txt": txt}
+
+
+def check_count(summary: bulk.Summary, shards) -> None:
+    """The scan counted the rows: never a short output without a word (before the rename)."""
+    want = sum(s.rows for s in shards)
+    if summary.rows != want:
+        raise UserError(f"{summary.rows} rows came back for {want} read: did an input change?")
+
+
+def one_line_errors(write):
+    """A UserError raised on a worker (an input changed since the scan) or a corrupt Parquet
+    page reaches the driver wrapped in Ray's task error, whose text is a traceback: one line."""
+    import pyarrow as pa
+
+    try:
+        return write()
+    except Exception as e:
+        cause, seen = e, set()
+        while id(cause) not in seen:  # RayTaskError.cause: the exception raised in the task
+            seen.add(id(cause))
+            cause = getattr(cause, "cause", None) or cause.__cause__ or cause
+        if isinstance(cause, (UserError, pa.ArrowException)):
+            first = (str(cause.args[0]) if cause.args else str(cause)).splitlines()[0]
+            raise UserError(first[:400]) from None
+        raise
 
 
 def check_reachable(address: str | None) -> None:
@@ -152,22 +247,84 @@ def cpus_each(ray, workers: int) -> float:
     return max(0.25, min(1.0, (total - 1.0) / workers))
 
 
-def write_ordered(ds, output: Path, out_kind: str, prefix: str) -> bulk.Summary:
-    """Batches as the dataset yields them (in input order: see score) into one file, written
-    under a temporary name and renamed when complete."""
+def write_json_rows(ds, output: Path, out_kind: str, shards, options) -> bulk.Summary:
+    """RowScorer's batches, as they come (in input order), into one file written under a
+    temporary name and renamed when complete; counted as the local engine counts."""
     from .files import atomic_write
 
     summary = bulk.Summary(outputs=[str(output)])
+    truncated = options["prefix"] + "truncated"
+    columns = set(shards[0].columns)
+
+    def write(tmp: Path) -> None:
+        writer = None
+        for table in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+            rows = [json.loads(r) for r in table.column("row").to_pylist()]
+            lines = table.column("line").to_pylist()
+            summary.add(table.column("status").to_pylist(), lines, [r[truncated] for r in rows])
+            summary.rows += len(rows)
+            if writer is None:
+                added = [k for k in rows[0] if k not in columns]
+                writer = RowWriter(tmp, out_kind, shards, output, added)
+            writer.write(rows)
+        if writer is not None:
+            writer.close()
+        check_count(summary, shards)
+
+    atomic_write(output, write)
+    return summary
+
+
+class RowWriter:
+    """Scored rows into one CSV/TSV/JSONL/Parquet file, as the local engine writes them."""
+
+    def __init__(self, path: Path, out_kind: str, shards, output: Path, added: list[str]):
+        self.kind, self.header = out_kind, bulk.joint_header(shards, output, added)
+        self.schema = None
+        if out_kind == "parquet":
+            s = shards[0]
+            self.schema = tables.output_schema(s.schema, s.columns, added, s.kind)
+            self.f, self.pq_writer = open(path, "wb"), None
+            return
+        self.f = open(path, "w", **text_mode(out_kind))
+        if out_kind != "jsonl":
+            self.f.write(tables.header_line(self.header, out_kind))
+
+    def write(self, rows: list[dict]) -> None:
+        if self.kind != "parquet":
+            tables.write_rows(self.f, rows, self.header, self.kind)
+            return
+        import pyarrow.parquet as pq
+
+        table = tables.rows_table(rows, self.schema)  # JSONL input: the first batch decides
+        self.schema = table.schema
+        self.pq_writer = self.pq_writer or pq.ParquetWriter(self.f, self.schema)
+        self.pq_writer.write_table(table)
+
+    def close(self) -> None:
+        if self.kind == "parquet" and self.pq_writer is not None:
+            self.pq_writer.close()
+        self.f.close()
+
+
+def write_arrow(ds, output: Path, out_kind: str, shards, options) -> bulk.Summary:
+    """Predictor's Arrow batches (Parquet input) into one file, in input order."""
+    from .files import atomic_write
+
+    summary = bulk.Summary(outputs=[str(output)])
+    text_column = options["text_column"]
+    truncated = options["prefix"] + "truncated"
 
     def write(tmp: Path) -> None:
         import pyarrow.parquet as pq
 
         writer, header = None, None
-        binary = out_kind == "parquet"
-        text = {} if binary else {"encoding": "utf-8", "newline": ""}
-        with open(tmp, "wb" if binary else "w", **text) as f:
+        with open(tmp, "wb" if out_kind == "parquet" else "w", **text_mode(out_kind)) as f:
             for table in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-                count(summary, table, prefix)
+                status = [bulk.text_status(v) for v in table.column(text_column).to_pylist()]
+                lines = range(summary.rows + 1, summary.rows + 1 + table.num_rows)
+                summary.add(status, list(lines), table.column(truncated).to_pylist())
+                summary.rows += table.num_rows
                 if out_kind == "parquet":
                     writer = writer or pq.ParquetWriter(f, table.schema)
                     writer.write_table(table)
@@ -179,13 +336,13 @@ def write_ordered(ds, output: Path, out_kind: str, prefix: str) -> bulk.Summary:
                 tables.write_rows(f, table.to_pylist(), header, out_kind)
             if writer is not None:
                 writer.close()
+        check_count(summary, shards)
 
     atomic_write(output, write)
     return summary
 
 
-def count(summary: bulk.Summary, table, prefix: str) -> None:
-    summary.rows += table.num_rows
-    labels = table.column(prefix + "label").to_pylist()
-    summary.empty += sum(label is None for label in labels)
-    summary.truncated += sum(bool(t) for t in table.column(prefix + "truncated").to_pylist())
+def text_mode(out_kind: str) -> dict:
+    if out_kind == "parquet":
+        return {}
+    return {"encoding": "utf-8", "newline": "", "errors": tables.UNENCODABLE}

@@ -14,10 +14,14 @@ import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from .data import _next_row
 from .errors import UserError
 from .files import atomic_write
 
 OUTPUT_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".ndjson", ".parquet")
+# A lone surrogate (valid in JSON, "\ud800") has no UTF-8: written as the escape \ud800, which
+# in a JSONL string reads back as the same value (in a CSV cell: as those six characters).
+UNENCODABLE = "backslashreplace"
 
 
 def kind(path: Path) -> str:
@@ -44,29 +48,49 @@ def _pyarrow():
 
 # ---------------------------------------------------------------- Parquet input
 def parquet_schema(path: Path):
-    _, pq = _pyarrow()
-    meta = pq.ParquetFile(path)
-    return meta.schema_arrow, meta.metadata.num_rows
+    """(schema, rows) of a Parquet input, after reading every page once: a corrupt file is
+    one line now, not a failure halfway through scoring."""
+    pa, pq = _pyarrow()
+    try:
+        f = pq.ParquetFile(path)
+        for _ in f.iter_batches(batch_size=65536):
+            pass
+        schema, rows = f.schema_arrow, f.metadata.num_rows
+    except (pa.ArrowException, OSError) as e:  # pyarrow raises some as OSError
+        raise _unreadable(path, e) from None
+    names = list(schema.names)
+    dup = next((n for n in names if names.count(n) > 1), None)
+    if dup is not None:  # rows as dicts would keep one of the two values
+        raise UserError(f"{path}: the schema has column {dup!r} twice: one would be lost")
+    return schema, rows
+
+
+def _unreadable(path: Path, e: Exception) -> UserError:
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return UserError(f"{path} is not a readable Parquet file ({first[:200]})")
 
 
 def parquet_rows(path: Path, skip: int = 0, batch_rows: int = 4096) -> Iterator[dict]:
     """Rows as dicts; whole row groups before ``skip`` are not even read."""
-    _, pq = _pyarrow()
-    f = pq.ParquetFile(path)
-    groups, start = [], 0
-    for g in range(f.num_row_groups):
-        n = f.metadata.row_group(g).num_rows
-        if start + n > skip:
-            groups.append(g)
-        else:
-            start += n
-    skip -= start
-    for batch in f.iter_batches(batch_size=batch_rows, row_groups=groups):
-        if skip >= batch.num_rows:
-            skip -= batch.num_rows
-            continue
-        yield from batch.slice(skip).to_pylist()
-        skip = 0
+    pa, pq = _pyarrow()
+    try:
+        f = pq.ParquetFile(path)
+        groups, start = [], 0
+        for g in range(f.num_row_groups):
+            n = f.metadata.row_group(g).num_rows
+            if start + n > skip:
+                groups.append(g)
+            else:
+                start += n
+        skip -= start
+        for batch in f.iter_batches(batch_size=batch_rows, row_groups=groups):
+            if skip >= batch.num_rows:
+                skip -= batch.num_rows
+                continue
+            yield from batch.slice(skip).to_pylist()
+            skip = 0
+    except (pa.ArrowException, OSError) as e:  # changed since the scan read it
+        raise _unreadable(path, e) from None
 
 
 def prediction_fields(added: list[str]):
@@ -103,12 +127,36 @@ def count_rows(path: Path) -> int:
     if out_kind == "parquet":
         _, pq = _pyarrow()
         return pq.ParquetFile(path).metadata.num_rows
-    with open(path, encoding="utf-8", newline="") as f:
+    with open(path, encoding="utf-8", newline="", errors="replace") as f:
         if out_kind == "jsonl":
             return sum(1 for line in f if line.strip())
-        return max(
-            0, sum(1 for _ in csv.reader(f, delimiter="\t" if out_kind == "tsv" else ",")) - 1
-        )
+        reader = csv.reader(f, delimiter="\t" if out_kind == "tsv" else ",")
+        rows = 0
+        while True:
+            try:
+                _next_row(reader)  # a huge text is a field over csv's default limit
+            except StopIteration:
+                return max(0, rows - 1)
+            rows += 1
+
+
+def holds_columns(path: Path, names: list[str]) -> bool:
+    """Does this output file's header (CSV/TSV, the first JSONL row, the Parquet schema)
+    hold every one of ``names``? False for anything unreadable."""
+    try:
+        out_kind = output_kind(path)
+        if out_kind == "parquet":
+            _, pq = _pyarrow()
+            header = pq.read_schema(path).names
+        else:
+            with open(path, encoding="utf-8", newline="") as f:
+                if out_kind == "jsonl":
+                    header = list(json.loads(f.readline()))
+                else:
+                    header = next(csv.reader(f, delimiter="\t" if out_kind == "tsv" else ","))
+    except Exception:  # whatever fails to read is no output of ours
+        return False
+    return set(names) <= set(header)
 
 
 # ---------------------------------------------------------------- writing
@@ -139,19 +187,26 @@ def header_line(header: list[str], out_kind: str) -> str:
 def write_part(path: Path, rows: list[dict], header: list[str], out_kind: str, schema) -> None:
     """One committed chunk of the output, written atomically."""
     if out_kind == "parquet":
-        pa, pq = _pyarrow()
-        try:
-            table = pa.Table.from_pylist(rows, schema=schema)
-        except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
-            raise UserError(f"cannot write these rows to Parquet ({e}); write .jsonl") from None
+        _, pq = _pyarrow()
+        table = rows_table(rows, schema)
         atomic_write(path, lambda tmp: pq.write_table(table, tmp))
         return
 
     def write(tmp: Path) -> None:
-        with open(tmp, "w", encoding="utf-8", newline="") as f:
+        with open(tmp, "w", encoding="utf-8", newline="", errors=UNENCODABLE) as f:
             write_rows(f, rows, header, out_kind)
 
     atomic_write(path, write)
+
+
+def rows_table(rows: list[dict], schema):
+    """Rows as an Arrow table of ``schema`` (None: inferred from these rows)."""
+    pa, _ = _pyarrow()
+    try:
+        return pa.Table.from_pylist(rows, schema=schema)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeEncodeError) as e:  # a lone surrogate
+        first = str(e).splitlines()[0][:200]
+        raise UserError(f"cannot write these rows to Parquet ({first}); write .jsonl") from None
 
 
 def part_schema(path: Path):
