@@ -536,3 +536,20 @@ def test_a_readonly_output_place_is_one_line(capsys, monkeypatch, tmp_path, trai
     code, _, err = edge(capsys, "report", trained_runs["lora"], "--out", tmp_path / "r.png")
     assert_one_error_line(code, err, "read-only file system")
     assert not Path(tmp_path / "r.png").exists()
+
+
+@pytest.mark.parametrize("command", ["predict", "evaluate", "train"])
+def test_a_pipe_named_as_input_is_refused_not_waited_on(
+    capsys, tmp_path, trained_runs, train_flags, command
+):
+    import os
+
+    fifo = tmp_path / "posts.csv"
+    os.mkfifo(fifo)  # reading it would block until a writer comes, and count + score read twice
+    args = {
+        "predict": ["predict", trained_runs["lora"], "--input", fifo],
+        "evaluate": ["evaluate", trained_runs["lora"], "--data", fifo],
+        "train": [*train_flags, "--data", fifo, "--out", tmp_path / "run"],
+    }[command]
+    code, _, err = edge(capsys, *args)
+    assert_one_error_line(code, err, "not a regular file")

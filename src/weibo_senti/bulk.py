@@ -260,6 +260,8 @@ def find_shards(spec: str | Path, output: Path | None = None) -> list[Path]:
         return found
     if not path.exists():
         raise UserError(f"input file {path} does not exist")
+    if not path.is_file():  # a pipe or a device would be read twice (count, score), or forever
+        raise UserError(f"input {path} is not a regular file (a pipe or a device): save it first")
     if path.suffix.lower() not in INPUT_SUFFIXES:
         raise UserError(
             f"{path}: {path.suffix or 'no suffix'} is not an input this reads "

@@ -417,8 +417,10 @@ def _parse_label(value) -> int | None:
 def require_file(path: Path, what: str = "data file") -> None:
     if path.is_dir():
         raise UserError(f"{what} {path} is a directory, not a file")
-    if not path.is_file():
+    if not path.exists():
         raise UserError(f"{what} {path} does not exist")
+    if not path.is_file():  # a pipe or a device: read more than once, or forever
+        raise UserError(f"{what} {path} is not a regular file (a pipe or a device): save it first")
 
 
 def _records(path: Path, encoding: str | None) -> tuple[list[str] | None, list]:
