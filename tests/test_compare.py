@@ -26,6 +26,8 @@ def test_compare_writes_table_json_and_plots(tiny_base, task_files, tmp_path):
         f"again={task_files[1]}",
         "--human-data",
         human,
+        "--max-length",
+        40,  # the tiny base has 64 positions
         "--out",
         out,
         "--epochs",

@@ -505,6 +505,9 @@ def compare(
         int, Opt(min=0, max=2**32 - 1, help="First seed; repeats use seed, seed+1, ...")
     ] = 42,
     epochs: Annotated[int, Opt(min=1, help="Epochs for every neural method")] = 3,
+    max_length: Annotated[
+        int, Opt(min=3, help="Max tokens per post, at most the base's positions")
+    ] = 160,
     max_train_samples: Annotated[
         int | None,
         Opt(min=1, help="Train every method on the same seeded sample of this many rows"),
@@ -542,6 +545,7 @@ def compare(
         command,
         child_setup=configure_process,
         epochs=epochs,
+        max_length=max_length,
         max_train_samples=max_train_samples,
         precision=precision,
     )
@@ -566,6 +570,7 @@ def compare_command(o: dict) -> str:
     parts += [f"--human-data {o['human_data']}"] if o["human_data"] else []
     parts += [f"--method {m}" for m in o["methods"] or []]
     parts += [f"--epochs {o['epochs']}", f"--repeats {o['repeats']}", f"--seed {o['seed']}"]
+    parts += [f"--max-length {o['max_length']}"] if o["max_length"] != 160 else []
     samples = o["max_train_samples"]
     parts += [f"--max-train-samples {samples}"] if samples else []
     parts += [f"--precision {o['precision']}", f"--out {o['out']}"]
