@@ -128,6 +128,80 @@ def test_int8_quantizes_the_weight_matmuls_and_leaves_the_embeddings(trained_run
     assert "DequantizeLinear" not in ops
 
 
+def _saturating_matmul(path):
+    """One fp32 MatMul whose int8 form, with full-range weights, saturates a u8 x s8 kernel
+    without VNNI: inputs in [0, 1] quantize to 255, weights +-1 to +-127 (one scale per
+    channel), so every pair of products is 2 * 255 * 127 = 64770 > 32767."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.ones((64, 16), np.float32)
+    w[:, 1::2] = -1.0
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "saturating",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 16])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.save(model, str(path))
+    return w
+
+
+@needs_ort
+def test_int8_matmul_is_right_on_this_cpu_even_where_u8s8_saturates(tmp_path):
+    """The real kernel: full-range int8 weights (the v4 export) are off by 49% here on a CPU
+    without VNNI (AVX2-only EPYC), whatever the model; the weights quantize() writes are not."""
+    import onnxruntime as ort
+
+    w = _saturating_matmul(tmp_path / "mm.onnx")
+    onnx_runtime.quantize(tmp_path / "mm.onnx", tmp_path / "mm8.onnx")
+    session = ort.InferenceSession(str(tmp_path / "mm8.onnx"), providers=["CPUExecutionProvider"])
+    for rows in (1, 4):  # ONNX Runtime's GEMV and GEMM kernels
+        x = np.ones((rows, 64), np.float32)
+        x[:, 0] = 0.0  # the zero point at 0: every other input quantizes to 255
+        got = session.run(None, {"x": x})[0]
+        assert np.abs(got - x @ w).max() < 0.01 * np.abs(x @ w).max(), rows
+    flags = inference.cpu_flags()
+    if "avx2" in flags:  # ONNX Runtime picks the kernel by CPUID: VNNI or the int16 pairs
+        assert onnx_runtime.int8_weight_bits() == (8 if flags & inference.VNNI_FLAGS else 7)
+
+
+@needs_ort
+def test_int8_weights_take_the_range_the_cpu_computes_exactly(trained_runs, tmp_path, monkeypatch):
+    """Any CPU, simulated: 8-bit weights where the kernel is exact, 7-bit (|q| <= 64, so
+    2 * 255 * 64 = 32640 fits int16) where it saturates; each has its own cache key."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = inference.fuse_gelu(runfolder.load_full_model(trained_runs["full"])).eval()
+    onnx_runtime.export_fp32(model, tmp_path / "m.onnx")
+    keys = set()
+    for bits, peak in ((8, 127), (7, 64)):
+        monkeypatch.setattr(onnx_runtime, "int8_weight_bits", lambda bits=bits: bits)
+        onnx_runtime.quantize(tmp_path / "m.onnx", tmp_path / f"m{bits}.onnx")
+        graph = onnx.load(str(tmp_path / f"m{bits}.onnx")).graph
+        weights = [
+            numpy_helper.to_array(t).astype(np.int32)
+            for t in graph.initializer
+            if t.data_type == onnx.TensorProto.INT8
+        ]
+        assert len(weights) >= 4 * 2 and max(abs(w).max() for w in weights) == peak, bits
+        keys.add(onnx_runtime.model_key(model))
+    assert len(keys) == 2  # a cache shared by two CPU kinds never hands one the other's file
+
+
+@needs_ort
+def test_int8_is_refused_in_one_line_where_no_weight_range_is_exact(trained_runs, monkeypatch):
+    monkeypatch.setattr(onnx_runtime, "int8_weight_bits", lambda: 0)
+    clf = SentimentClassifier.load(trained_runs["full"], precision="int8")
+    with pytest.raises(UserError, match="not exact on this CPU.*WEIBO_SENTI_ENGINE=torch"):
+        clf.predict(TEXTS)
+    torch_int8 = SentimentClassifier.load(trained_runs["full"], precision="int8", engine="torch")
+    assert len(torch_int8.predict(TEXTS)) == len(TEXTS)  # the way out it names works
+
+
 @needs_ort
 def test_another_model_gets_its_own_export_and_an_emptied_one_is_redone(trained_runs, tmp_path):
     full = runfolder.load_full_model(trained_runs["full"]).eval()

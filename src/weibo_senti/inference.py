@@ -23,6 +23,10 @@ def cpu_has_fast_bf16() -> bool:
     return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
+# u8 x s8 dot products in int32 (VPDPBUSD, AMX): fast int8, and no int16 pair sums to saturate
+VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
 def int8_rows_for_cpu() -> int:
     """Under "auto", forward passes of up to this many rows run on dynamic int8 weights.
 
@@ -31,7 +35,7 @@ def int8_rows_for_cpu() -> int:
     int8 wins at every size (EPYC with AVX512-BF16/VNNI: 2.9x at 1 row, 2.0x at 8, 1.5x at 32).
     """
     flags = cpu_flags()
-    if not flags & {"avx512_vnni", "avx_vnni", "amx_int8"}:
+    if not flags & VNNI_FLAGS:
         return 0
     return 4 if "amx_bf16" in flags else 1 << 30
 
@@ -42,7 +46,7 @@ def resolve(precision: str, device: torch.device) -> str:
     if precision not in PRECISIONS:
         from .errors import UserError
 
-        raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}")
+        raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     if precision != "auto":
         return precision
     if device.type == "cuda":
@@ -66,7 +70,12 @@ def conv1d_to_linear(model: nn.Module) -> nn.Module:
 
 
 def quantize_int8(model: nn.Module) -> nn.Module:
-    """Dynamic int8 quantization of every Linear (weights int8, activations quantized per call)."""
+    """Dynamic int8 quantization of every Linear (weights int8, activations quantized per call).
+
+    No int16 saturation on any CPU kind: torch's dynamic Linear quantizes activations to 7 bits
+    (reduce_range), so the pairs fbgemm's AVX2 kernel adds in int16 without VNNI stay below
+    32767 (2 * 127 * 128). ONNX Runtime's kernel needs onnx_runtime.int8_weight_bits instead.
+    """
     model = conv1d_to_linear(model)
     return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
 
