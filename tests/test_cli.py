@@ -365,10 +365,12 @@ def test_fast_inference_paths_agree_with_fp32(cli_runs, task_files, method, prec
     ref = SentimentClassifier.load(cli_runs[method], merge=False, precision="fp32")
     ref = ref.predict_proba(texts)
     fast = SentimentClassifier.load(cli_runs[method], precision=precision).predict_proba(texts)
-    # A 32-wide random model quantizes coarsely; the real thresholds (>= 99.5% equal labels)
-    # are measured on a real model in benchmarks/bench.py.
-    assert (ref.argmax(1) == fast.argmax(1)).mean() >= 0.95
-    assert np.abs(ref - fast).max() < 0.3
+    # Every label, and P within 0.15: full-range int8 weights on a CPU without VNNI saturated
+    # ONNX Runtime's u8s8 kernel and moved a lora post from P(neg) 0.99999 to 0.32 (AVX2 EPYC;
+    # now 100% equal, max |dP| 0.072, the adapter's). A 32-wide model quantizes coarsely: the
+    # real thresholds (>= 99.5% equal labels) are measured on a real model (benchmarks/bench.py).
+    assert (ref.argmax(1) == fast.argmax(1)).all()
+    assert np.abs(ref - fast).max() < 0.15
     code, out, _ = cli("predict", cli_runs[method], "--text", POS, "--precision", precision)
     assert code == 0 and "正面" in out
 
