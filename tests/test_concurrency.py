@@ -15,7 +15,8 @@ ENTRY = [sys.executable, "-c", "from weibo_senti.cli import main; main()"]
 
 def start_training(tiny_base, task_files, out, *extra):
     args = ["train", "--method", "lora", "--base-model", tiny_base, "--data", task_files[0]]
-    args += ["--dev-data", task_files[1], "--out", out, "--precision", "fp32", *extra]
+    args += ["--dev-data", task_files[1], "--out", out, "--precision", "fp32", "--max-length", "40"]
+    args += extra  # the tiny base has 64 positions
     return subprocess.Popen(
         [*ENTRY, *map(str, args)],
         stdout=subprocess.DEVNULL,
