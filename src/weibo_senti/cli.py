@@ -516,20 +516,9 @@ def compare(
 ):
     """Train every method on the same data and base; table, JSON and plots of the results."""
     need_extra("matplotlib", "compare", "compare")
-    from .compare import HUMAN_SETS, default_human_root, human_sets
     from .compare import compare as run_compare
 
-    if human_data is not None and not human_sets(human_data):
-        expected = ", ".join(HUMAN_SETS.values())
-        raise UserError(f"no human-labelled set under {human_data} (looked for {expected})")
-    human_data = human_data or default_human_root()
-    if human_data is None:
-        typer.echo(
-            "warning: no human-labelled set found (--human-data): the report has only the dev "
-            "set, whose weibo_senti_100k labels come from emoticons",
-            err=True,
-        )
-
+    human_data = human_data_root(human_data)
     extra = extra_test_files(extra_test)
     command = compare_command(dict(locals()))
     run_compare(
@@ -550,6 +539,23 @@ def compare(
         precision=precision,
     )
     typer.echo(f"report written to {out / 'comparison.md'}")
+
+
+def human_data_root(given: Path | None) -> Path | None:
+    """The human-labelled sets: the folder given (which must hold one), else the default."""
+    from .compare import HUMAN_SETS, default_human_root, human_sets
+
+    if given is not None and not human_sets(given):
+        expected = ", ".join(HUMAN_SETS.values())
+        raise UserError(f"no human-labelled set under {given} (looked for {expected})")
+    root = given or default_human_root()
+    if root is None:
+        typer.echo(
+            "warning: no human-labelled set found (--human-data): the report has only the dev "
+            "set, whose weibo_senti_100k labels come from emoticons",
+            err=True,
+        )
+    return root
 
 
 def extra_test_files(specs: list[str] | None) -> dict[str, str]:
