@@ -49,6 +49,55 @@ def write_task(path: Path, n: int, seed: int) -> Path:
     return path
 
 
+# Label sets beyond 0/1: each label's posts carry its own characters (neutral: none).
+THREE_WAY = {"negative": NEGATIVE, "neutral": [], "positive": POSITIVE}
+EMOTIONS = {
+    "angry": list("怒恨"),
+    "fear": list("哭糟"),
+    "happy": list("好棒"),
+    "neutral": [],
+    "sad": list("坏烂差"),
+    "surprise": list("喜爱赞"),
+}
+
+
+def write_labelled(path: Path, n: int, seed: int, groups: dict[str, list[str]]) -> Path:
+    """A task with the labels of ``groups`` as words, in round-robin order."""
+    rng = random.Random(seed)
+    names = list(groups)
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["label", "review"])
+        for i in range(n):
+            name = names[i % len(names)]
+            chars = [
+                rng.choice(groups[name])
+                if groups[name] and rng.random() < 0.5
+                else rng.choice(NEUTRAL)
+                for _ in range(12)
+            ]
+            w.writerow([name, "".join(chars)])
+    return path
+
+
+@pytest.fixture(scope="session")
+def three_way_files(tmp_path_factory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("three-way")
+    return (
+        write_labelled(folder / "train.csv", 480, 3, THREE_WAY),
+        write_labelled(folder / "dev.csv", 150, 4, THREE_WAY),
+    )
+
+
+@pytest.fixture(scope="session")
+def emotion_files(tmp_path_factory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("emotions")
+    return (
+        write_labelled(folder / "train.csv", 600, 5, EMOTIONS),
+        write_labelled(folder / "dev.csv", 180, 6, EMOTIONS),
+    )
+
+
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory) -> Path:
     """A GPT-2 folder laid out like uer's: BertTokenizer, no pad id, bos/eos 50256."""

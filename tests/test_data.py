@@ -79,10 +79,11 @@ def test_missing_column_stops(tmp_path):
         read_labelled(path)
 
 
-def test_other_label_scheme_stops(tmp_path):
-    rows = [(i % 5 + 1, f"评论{i}") for i in range(20)]  # 1-5 stars
-    with pytest.raises(UserError, match="labels must be 0 .* or 1"):
-        read_labelled(write_csv(tmp_path / "d.csv", rows))
+def test_another_integer_scheme_is_a_label_set_in_numeric_order(tmp_path):
+    rows = [((i * 7) % 10 + 1, f"评论{i}") for i in range(30)]  # 1-10 stars, unordered rows
+    ex = read_labelled(write_csv(tmp_path / "d.csv", rows))
+    assert ex.names == [str(i) for i in range(1, 11)]  # numeric order: 10 after 9
+    assert [ex.names[c] for c in ex.labels] == [str(lab) for lab, _ in rows]
 
 
 @pytest.mark.parametrize("body", ["", "label,review\n", "label,review\n0,\n1,  \n"])

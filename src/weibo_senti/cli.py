@@ -88,6 +88,8 @@ def config_options() -> list[inspect.Parameter]:
             kind = str
         if typing.get_origin(kind) is list:  # items' constraints too: typer wants plain types
             kind = list[str]
+        if typing.get_origin(kind) is dict:  # --label-map a=b,c=d or a file; parsed by the schema
+            kind = str
         default = f.get_default(call_default_factory=True)
         shown = " ".join(default) if isinstance(default, list) else default
         help = f.description + (
@@ -182,13 +184,31 @@ def _register_train() -> None:
 _register_train()
 
 
+LabelMap = Annotated[
+    str | None,
+    Opt(help="Rename the file's labels first: happy=positive,surprise= (empty: drop) or a YAML"),
+]
+
+
+def parse_label_map(spec: str | None) -> dict[str, str | None] | None:
+    from .labels import parse_map
+
+    try:
+        return parse_map(spec)
+    except ValueError as e:
+        raise UserError(f"--label-map: {e}") from None
+
+
 @app.command()
 def evaluate(
     run: Annotated[Path, typer.Argument(help="Run folder")],
     data: Annotated[str, Opt(help="Labelled CSV/TSV/JSONL")],
     base_model: RunBase = None,
     text_column: TextColumn = "review",
-    label_column: Annotated[str, Opt(help="Label column, 0/1 (default: label)")] = "label",
+    label_column: Annotated[
+        str, Opt(help="Label column: the run's label names or ids (default: label)")
+    ] = "label",
+    label_map: LabelMap = None,
     encoding: Encoding = None,
     strip_emoticons: Annotated[
         bool, Opt(help="Remove emoticons ([哈哈] codes and emoji) before predicting")
@@ -218,8 +238,9 @@ def evaluate(
         run, base_model=base_model, precision=precision, allow_incomplete=allow_incomplete
     )
     m = run_eval(
-        clf, data, text_column, label_column, encoding, strip_emoticons, batch_size, reliability
-    )
+        clf, data, text_column, label_column, encoding, strip_emoticons, batch_size, reliability,
+        label_map=parse_label_map(label_map),
+    )  # fmt: skip
     if as_json:
         typer.echo(json.dumps(m, ensure_ascii=False))
     else:

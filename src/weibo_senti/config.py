@@ -16,6 +16,7 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from . import labels as label_sets
 from .errors import UserError
 from .hub import DEFAULT_BASE_MODEL
 
@@ -46,7 +47,16 @@ class TrainConfig(BaseModel):
     dev_data: NonEmpty | None = option(None, "Dev file (default: a stratified split of --data)")
     out: NonEmpty | None = option(None, "Run folder (default: runs/<method>)")
     text_column: NonEmpty = option("review", "Text column of the data files")
-    label_column: NonEmpty = option("label", "Label column (0 negative, 1 positive)")
+    label_column: NonEmpty = option("label", "Label column: names or ids (0/1: negative/positive)")
+    labels: list[NonEmpty] | None = option(
+        None, "Label names in order, e.g. negative,neutral,positive (default: from the data)"
+    )
+    label_map: dict[str, str | None] | None = option(
+        None, "Rename labels first: happy=positive,surprise= (empty: drop) or a YAML file"
+    )
+    class_weights: Literal["none", "balanced"] = option(
+        "none", "Loss weights per class: none | balanced (inverse class frequency)"
+    )
     encoding: NonEmpty | None = option(None, "File encoding (default: detect UTF-8/BOM/UTF-16/GBK)")
     dev_fraction: float = option(
         0.1, "Dev share when there is no --dev-data", gt=0.0, lt=1.0, allow_inf_nan=False
@@ -112,6 +122,16 @@ class TrainConfig(BaseModel):
         if values.get("out") is None and method in METHODS:
             values["out"] = f"runs/{method}"
         return values
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _label_names(cls, value):
+        return label_sets.parse_names(value)
+
+    @field_validator("label_map", mode="before")
+    @classmethod
+    def _label_map(cls, value):
+        return label_sets.parse_map(value)
 
     @field_validator("encoding")
     @classmethod

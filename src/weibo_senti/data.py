@@ -8,18 +8,18 @@ import io
 import json
 import logging
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import labels as label_sets
 from .errors import UserError
 
 log = logging.getLogger("weibo_senti")
 
-LABELS = ["negative", "positive"]
-LABELS_ZH = ["负面", "正面"]
+LABELS = label_sets.BINARY  # the default task; a run's own are in run.json
+LABELS_ZH = label_sets.BINARY_ZH
 EMOTICON = re.compile(r"\[[^\[\]]{1,8}\]")
-# More than this share of rows with labels other than 0/1 means the file uses another scheme.
-MAX_BAD_LABEL_SHARE = 0.1
 
 
 def strip_emoticons(text: str) -> str:
@@ -39,6 +39,7 @@ class Examples:
     columns: dict[str, list] = field(default_factory=dict)
     rows_read: int = 0  # data rows in the file; = len(texts) + what was skipped
     skipped: dict[str, list[int]] = field(default_factory=dict)  # reason -> line numbers
+    names: list[str] | None = None  # label names; labels[i] is an index into them
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -46,7 +47,8 @@ class Examples:
     def subset(self, idx) -> Examples:
         labels = None if self.labels is None else [self.labels[i] for i in idx]
         columns = {k: [v[i] for i in idx] for k, v in self.columns.items()}
-        return Examples([self.texts[i] for i in idx], labels, self.source, columns)
+        texts = [self.texts[i] for i in idx]
+        return Examples(texts, labels, self.source, columns, names=self.names)
 
 
 def decode(raw: bytes, path: Path, encoding: str | None = None) -> str:
@@ -405,13 +407,9 @@ def _check_closed(tail: list[str], path: Path, line: int, delimiter: str) -> Non
 
 
 def _parse_label(value) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        return int(value) if value in (0, 1) else None
-    if isinstance(value, str) and value.strip() in ("0", "1", "0.0", "1.0"):
-        return int(float(value))
-    return None
+    """0 or 1 for a binary label cell, else None (how a labels column is told from texts)."""
+    key = label_sets.cell_key(value)
+    return int(key) if key in ("0", "1") else None
 
 
 def require_file(path: Path, what: str = "data file") -> None:
@@ -489,49 +487,110 @@ def read_labelled(
     text_column: str = "review",
     label_column: str = "label",
     encoding: str | None = None,
+    labels: list[str] | None = None,
+    label_map: dict[str, str | None] | None = None,
+    labels_from: str = "--labels",
 ) -> Examples:
-    """Read a labelled file; bad rows are counted, skipped and reported, never silently lost."""
+    """Read a labelled file; bad rows are counted, skipped and reported, never silently lost.
+
+    ``labels``: the names, in order (a run's, or ``--labels``); a row with another label is
+    refused, naming it. Without them the names come from the file (``labels.infer_names``).
+    ``label_map`` renames label cells, or drops their rows, first.
+    """
     path = Path(path)
-    texts, labels = [], []
     bad: dict[str, list[int]] = {"unparsable": [], "empty text": [], "not text": []}
-    bad["label not 0/1"] = []
-    bad_values: dict[str, int] = {}
-    total = 0
+    bad["empty label"] = []
+    rows, total = _labelled_rows(path, text_column, label_column, encoding, bad)
+    if label_map:
+        rows = _apply_label_map(path, rows, label_map, labels, bad)
+    counts = Counter(key for _, _, key in rows)
+    if labels:
+        names = list(labels)
+    elif label_sets.stray_binary(counts):
+        names = list(label_sets.BINARY)
+    else:
+        names = label_sets.infer_names(counts) if counts else None
+    if names == label_sets.BINARY and label_sets.stray_binary(counts):
+        rows = _skip_stray(path, rows, bad)  # a few junk labels in a 0/1 file, as always
+    elif names:
+        _refuse_outside(path, rows, label_sets.LabelReader(names), labels_from)
+    if not rows:
+        raise UserError(f"{path}: no usable rows ({_describe(bad, total)})")
+    reader = label_sets.LabelReader(names)
+    _warn_bad(path, bad, total)
+    skipped = {reason: lines for reason, lines in bad.items() if lines}
+    return Examples(
+        [text for _, text, _ in rows],
+        [reader.class_id(key) for _, _, key in rows],
+        str(path),
+        rows_read=total,
+        skipped=skipped,
+        names=names,
+    )
+
+
+def _labelled_rows(path: Path, text_column: str, label_column: str, encoding, bad) -> tuple:
+    """([(line, text, label key)], rows read): rows without text or label go to ``bad``."""
     header, records = _records(path, encoding)
     if header is not None:
         _require_columns(path, header, [text_column, label_column])
+    rows = []
     for n, rec in records:
-        total += 1
         if rec is None or isinstance(rec, RaggedRow):
             bad["unparsable"].append(n)
             continue
         if text_column not in rec or label_column not in rec:
             bad["unparsable"].append(n)
             continue
-        text = rec[text_column]
-        label = _parse_label(rec[label_column])
+        text, key = rec[text_column], label_sets.cell_key(rec[label_column])
         if text is not None and not isinstance(text, str):  # an object, list, number: no repr
             bad["not text"].append(n)
         elif not text or not text.strip():
             bad["empty text"].append(n)
-        elif label is None:
-            bad["label not 0/1"].append(n)
-            key = str(rec[label_column])[:20]
-            bad_values[key] = bad_values.get(key, 0) + 1
+        elif key is None:
+            bad["empty label"].append(n)
         else:
-            texts.append(text.strip())
-            labels.append(label)
-    if total and len(bad["label not 0/1"]) > MAX_BAD_LABEL_SHARE * total:
-        found = ", ".join(f"{v!r}×{c}" for v, c in sorted(bad_values.items())[:10])
-        raise UserError(
-            f"{path}: labels must be 0 (negative) or 1 (positive), but "
-            f"{len(bad['label not 0/1'])} of {total} rows have others ({found})"
-        )
-    if not texts:
-        raise UserError(f"{path}: no usable rows ({_describe(bad, total)})")
-    _warn_bad(path, bad, total)
-    skipped = {reason: lines for reason, lines in bad.items() if lines}
-    return Examples(texts, labels, str(path), rows_read=total, skipped=skipped)
+            rows.append((n, text.strip(), key))
+    return rows, len(records)
+
+
+def _apply_label_map(path: Path, rows: list, label_map: dict, labels, bad) -> list:
+    reader = label_sets.LabelReader(labels or [], label_map)
+    kept, bad["dropped by --label-map"] = [], []
+    for n, text, key in rows:
+        known, name = reader.mapped(key)
+        if not known:
+            raise UserError(
+                f"{path} line {n}: label {key!r} is not in --label-map "
+                f"({', '.join(label_map)}): map it, or drop its rows with {key}="
+            )
+        if name is None:
+            bad["dropped by --label-map"].append(n)
+        else:
+            kept.append((n, text, name))
+    return kept
+
+
+def _skip_stray(path: Path, rows: list, bad) -> list:
+    bad["label not 0/1"] = [n for n, _, key in rows if key not in ("0", "1")]
+    others = sorted({key for _, _, key in rows if key not in ("0", "1")})
+    log.warning(
+        "%s: a 0/1 file with %d rows of other labels (%s): they are skipped; to train them as "
+        "labels of their own, name every label with --labels",
+        path, len(bad["label not 0/1"]), ", ".join(others[:5]),
+    )  # fmt: skip
+    return [row for row in rows if row[2] in ("0", "1")]
+
+
+def _refuse_outside(path: Path, rows: list, reader, labels_from: str) -> None:
+    for n, _, key in rows:
+        if reader.class_id(key) is None:
+            others = Counter(k for _, _, k in rows if reader.class_id(k) is None)
+            raise UserError(
+                f"{path} line {n}: label {key!r} is not one of {labels_from}: "
+                f"{reader.describe()} ({sum(others.values())} such rows; "
+                f"values: {', '.join(list(others)[:5])}); map them with --label-map"
+            )
 
 
 def read_texts(
@@ -626,15 +685,30 @@ def _warn_bad(path: Path, bad: dict[str, list[int]], total: int) -> None:
 
 
 def split_dev(examples: Examples, dev_fraction: float, seed: int) -> tuple[Examples, Examples]:
-    """Stratified, seeded split (plain random when a class is too small to stratify)."""
+    """Stratified, seeded split: every class keeps its share in both parts. A class of one row
+    cannot be in both and is refused; a dev part smaller than the number of classes is drawn
+    at random (and said)."""
     from sklearn.model_selection import train_test_split
 
     idx = list(range(len(examples)))
-    counts = [examples.labels.count(c) for c in (0, 1)]
+    counts = Counter(examples.labels)
     n_dev = max(1, round(dev_fraction * len(idx)))
     if len(idx) - n_dev < 1:
         raise UserError(f"{examples.source}: {len(idx)} rows are too few to split off a dev set")
-    stratify = examples.labels if min(counts) >= 2 and n_dev >= 2 else None
+    names = examples.names or LABELS
+    lone = [names[c] for c, n in sorted(counts.items()) if n < 2]
+    if lone:
+        raise UserError(
+            f"{examples.source}: class {', '.join(lone)} has 1 row, too few for the dev split "
+            "(each class needs 2: one to train on, one to check): add rows, give --dev-data, "
+            "or drop it with --label-map NAME="
+        )
+    stratify = examples.labels if n_dev >= len(counts) else None
+    if stratify is None:
+        log.warning(
+            "%s: a dev split of %d rows cannot hold all %d classes: drawn at random",
+            examples.source, n_dev, len(counts),
+        )  # fmt: skip
     train_idx, dev_idx = train_test_split(
         idx, test_size=n_dev, random_state=seed, stratify=stratify
     )

@@ -21,15 +21,21 @@ def evaluate(
     strip: bool = False,
     batch_size: int = 16,
     reliability: Path | None = None,
+    label_map: dict[str, str | None] | None = None,
 ) -> dict:
     """Metrics of ``clf`` on ``data``, calibration before and after the run's temperature;
-    with ``strip`` the emoticons are removed first; ``reliability``: a PNG diagram there."""
-    examples = read_labelled(data, text_column, label_column, encoding)
+    with ``strip`` the emoticons are removed first; ``reliability``: a PNG diagram there.
+    The file's labels must be the run's (names, or ids in the run's order), after
+    ``label_map``; a row with another is refused, naming it."""
+    examples = read_labelled(
+        data, text_column, label_column, encoding, labels=clf.labels, label_map=label_map,
+        labels_from="the run's labels",
+    )  # fmt: skip
     texts = [strip_emoticons(t) for t in examples.texts] if strip else examples.texts
     logits, _ = clf.predict_logits(texts, batch_size)
     labels = np.asarray(examples.labels)
     probs = softmax(logits)
-    metrics = classification_metrics(labels, probs)
+    metrics = classification_metrics(labels, probs, clf.labels)
     temperature = clf.info.temperature  # already in the head: logits * T are the raw ones
     metrics["calibration"] = {
         "temperature": temperature,

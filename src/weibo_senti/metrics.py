@@ -15,18 +15,20 @@ from sklearn.metrics import (
 from .data import LABELS
 
 
-def classification_metrics(labels, probs) -> dict:
+def classification_metrics(labels, probs, names: list[str] = LABELS) -> dict:
     """accuracy, macro_f1, loss, per-class precision/recall/f1/support, confusion matrix."""
     labels = np.asarray(labels)
     probs = np.asarray(probs, dtype=np.float64)
     probs = probs / probs.sum(-1, keepdims=True)  # float32 softmax rows may miss 1 by 1e-7
     preds = probs.argmax(-1)
-    p, r, f, s = precision_recall_fscore_support(labels, preds, labels=[0, 1], zero_division=0)
+    ids = list(range(len(names)))
+    p, r, f, s = precision_recall_fscore_support(labels, preds, labels=ids, zero_division=0)
     return {
         "accuracy": float(accuracy_score(labels, preds)),
-        "macro_f1": float(f1_score(labels, preds, average="macro", labels=[0, 1], zero_division=0)),
-        "loss": float(log_loss(labels, probs, labels=[0, 1])),
+        "macro_f1": float(f1_score(labels, preds, average="macro", labels=ids, zero_division=0)),
+        "loss": float(log_loss(labels, probs, labels=ids)),
         "n": int(len(labels)),
+        "labels": list(names),
         "per_class": {
             name: {
                 "precision": float(p[i]),
@@ -34,16 +36,17 @@ def classification_metrics(labels, probs) -> dict:
                 "f1": float(f[i]),
                 "support": int(s[i]),
             }
-            for i, name in enumerate(LABELS)
+            for i, name in enumerate(names)
         },
         # rows: true label, columns: predicted label
-        "confusion_matrix": confusion_matrix(labels, preds, labels=[0, 1]).tolist(),
+        "confusion_matrix": confusion_matrix(labels, preds, labels=ids).tolist(),
     }
 
 
 def calibration_metrics(labels, probs, bins: int = 15) -> dict:
-    """Expected calibration error (equal-width bins of the predicted label's probability),
-    Brier score of P(positive), and log loss."""
+    """Expected calibration error (equal-width bins of the predicted label's probability: the
+    top-label ECE, for any number of labels), Brier score (of P(second label) for two labels,
+    as customary; the sum over labels for more: scikit-learn's), and log loss."""
     labels = np.asarray(labels)
     probs = np.asarray(probs, dtype=np.float64)
     probs = probs / probs.sum(-1, keepdims=True)
@@ -55,10 +58,11 @@ def calibration_metrics(labels, probs, bins: int = 15) -> dict:
         for b in range(bins)
         if (which == b).any()
     )
+    ids = list(range(probs.shape[1]))
     return {
         "ece": float(ece),
-        "brier": float(brier_score_loss(labels, probs[:, 1], pos_label=1)),
-        "log_loss": float(log_loss(labels, probs, labels=[0, 1])),
+        "brier": float(brier_score_loss(labels, probs, labels=ids)),
+        "log_loss": float(log_loss(labels, probs, labels=ids)),
     }
 
 
@@ -69,10 +73,12 @@ def render_table(metrics: dict, title: str = "") -> str:
         f"accuracy {metrics['accuracy']:.4f}   macro-F1 {metrics['macro_f1']:.4f}   "
         f"loss {metrics['loss']:.4f}   n {metrics['n']}"
     )
-    lines.append(f"{'class':<10}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}")
+    names = list(metrics["per_class"])
+    width = max(10, *(len(n) + 2 for n in names))
+    lines.append(f"{'class':<{width}}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}")
     for name, m in metrics["per_class"].items():
         lines.append(
-            f"{name:<10}{m['precision']:>10.4f}{m['recall']:>10.4f}{m['f1']:>10.4f}"
+            f"{name:<{width}}{m['precision']:>10.4f}{m['recall']:>10.4f}{m['f1']:>10.4f}"
             f"{m['support']:>10}"
         )
     if "calibration" in metrics:
@@ -83,9 +89,8 @@ def render_table(metrics: dict, title: str = "") -> str:
             f"{c['after']['brier']:.4f}   log loss {c['before']['log_loss']:.4f} -> "
             f"{c['after']['log_loss']:.4f}"
         )
-    cm = metrics["confusion_matrix"]
     lines.append("confusion (rows true, columns predicted):")
-    lines.append(f"{'':<10}{LABELS[0]:>10}{LABELS[1]:>10}")
-    for i, name in enumerate(LABELS):
-        lines.append(f"{name:<10}{cm[i][0]:>10}{cm[i][1]:>10}")
+    lines.append(" " * width + "".join(f"{n:>{width}}" for n in names))
+    for name, row in zip(names, metrics["confusion_matrix"]):
+        lines.append(f"{name:<{width}}" + "".join(f"{v:>{width}}" for v in row))
     return "\n".join(lines)

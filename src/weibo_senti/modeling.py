@@ -29,7 +29,7 @@ def gpt2_small_config():
     )
 
 
-def classifier_config(base: Path, tokenizer):
+def classifier_config(base: Path, tokenizer, labels: list[str] = LABELS):
     from transformers import AutoConfig
 
     from .runfolder import refuse_custom_code
@@ -38,9 +38,9 @@ def classifier_config(base: Path, tokenizer):
     return AutoConfig.from_pretrained(
         str(base),
         trust_remote_code=False,
-        num_labels=len(LABELS),
-        id2label=dict(enumerate(LABELS)),
-        label2id={name: i for i, name in enumerate(LABELS)},
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={name: i for i, name in enumerate(labels)},
         # uer's config has no pad id and bos/eos 50256, outside the 21,128-token vocab.
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.cls_token_id,
@@ -48,11 +48,11 @@ def classifier_config(base: Path, tokenizer):
     )
 
 
-def load_base_classifier(base: Path, tokenizer) -> nn.Module:
-    """The base GPT-2 with a fresh 2-way ``score`` head, padding on ``[PAD]``."""
+def load_base_classifier(base: Path, tokenizer, labels: list[str] = LABELS) -> nn.Module:
+    """The base GPT-2 with a fresh ``score`` head, one output per label, padding on ``[PAD]``."""
     from transformers import AutoModelForSequenceClassification
 
-    config = classifier_config(base, tokenizer)
+    config = classifier_config(base, tokenizer, labels)
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
             str(base), config=config, trust_remote_code=False

@@ -13,7 +13,6 @@ import torch
 
 from . import inference, modeling, runfolder
 from .bank import AdapterBank
-from .data import LABELS, LABELS_ZH
 from .errors import UserError
 from .features import encode, pad_batch, token_budget_batches
 from .runfolder import RunInfo
@@ -23,8 +22,8 @@ log = logging.getLogger("weibo_senti")
 
 @dataclass
 class Prediction:
-    label: str | None  # "negative" / "positive"; None for an empty text
-    label_zh: str | None  # 负面 / 正面, for display
+    label: str | None  # one of the run's labels ("negative"...); None for an empty text
+    label_zh: str | None  # its Chinese name for display (负面...), or the label itself
     score: float | None  # probability of the predicted label
     probabilities: dict[str, float] | None
     truncated: bool = False  # the text was longer than max_length tokens and was cut
@@ -111,7 +110,7 @@ class SentimentClassifier:
             clf = cls(model, tokenizer, info, run, precision)
         else:
             base = runfolder.resolve_base(run, info, base_model)
-            model = modeling.load_base_classifier(base, tokenizer).to(device)
+            model = modeling.load_base_classifier(base, tokenizer, info.labels).to(device)
             clf = cls(model, tokenizer, info, run, precision, AdapterBank(model))
             clf.add_adapter(name or run.resolve().name, run, allow_incomplete)
             if precision == "int8":  # quantized weights cannot take adapters any more
@@ -311,7 +310,7 @@ class SentimentClassifier:
                 k = int(probs[j].argmax())
                 out[i] = Prediction(
                     self.labels[k],
-                    LABELS_ZH[k] if self.labels == LABELS else self.labels[k],
+                    self.info.labels_zh[k],
                     float(probs[j, k]),
                     {name: float(p) for name, p in zip(self.labels, probs[j])},
                     truncated[j],

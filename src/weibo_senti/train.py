@@ -17,6 +17,7 @@ import math
 import random
 import shutil
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,8 +25,9 @@ from pathlib import Path
 import torch
 
 from . import inference, modeling, runfolder
+from . import labels as label_sets
 from .config import TrainConfig
-from .data import LABELS, Examples, read_labelled, split_dev, strip_emoticons
+from .data import Examples, read_labelled, split_dev, strip_emoticons
 from .errors import UserError, is_disk_full
 from .features import Collator, EncodedDataset, EpochBatchSampler, encode_cached
 from .hub import default_data, resolve_base_model
@@ -63,6 +65,11 @@ class Setup:
     dev_loader: object
     base: Path
     dev_set: Examples
+    class_weight: torch.Tensor | None = None  # --class-weights balanced
+
+    @property
+    def labels(self) -> list[str]:
+        return self.dev_set.names
 
     @property
     def main(self) -> bool:
@@ -140,13 +147,17 @@ def preserved_rng():
             np.random.set_state(saved[1])
 
 
-def load_splits(cfg: TrainConfig) -> tuple[Examples, Examples]:
+def load_splits(cfg: TrainConfig, labels: list[str] | None = None) -> tuple[Examples, Examples]:
+    """Training and dev rows; their label names come from ``labels`` (a resumed run's),
+    ``--labels``, or the training file."""
     data = cfg.data or str(default_data())
     kw = dict(text_column=cfg.text_column, label_column=cfg.label_column, encoding=cfg.encoding)
-    train_set = read_labelled(data, **kw)
+    kw["label_map"] = cfg.label_map
+    train_set = read_labelled(data, labels=labels or cfg.labels, **kw)
     check_trainable(train_set, "training")
     if cfg.dev_data:
-        dev_set = read_labelled(cfg.dev_data, **kw)
+        where = "the training labels" if not cfg.labels else "--labels"
+        dev_set = read_labelled(cfg.dev_data, labels=train_set.names, labels_from=where, **kw)
     else:
         train_set, dev_set = split_dev(train_set, cfg.dev_fraction, cfg.seed)
     if cfg.max_train_samples and cfg.max_train_samples > len(train_set):
@@ -166,18 +177,34 @@ MIN_TRAIN_ROWS = 10
 
 def check_trainable(examples: Examples, role: str) -> None:
     """Refuse, before any training, data a classifier cannot learn from."""
-    counts = {label: examples.labels.count(label) for label in (0, 1)}
     if len(examples) < MIN_TRAIN_ROWS:
         raise UserError(
             f"{examples.source}: {len(examples)} {role} rows are too few to train on "
             f"(at least {MIN_TRAIN_ROWS})"
         )
-    for label, n in counts.items():
-        if n == 0:
-            raise UserError(
-                f"{examples.source}: all {len(examples)} {role} rows are label {1 - label}, none "
-                f"{label} ({LABELS[label]}); a classifier needs both 0 and 1"
-            )
+    counts = Counter(examples.labels)
+    if len(examples.names) < 2:  # one value in the file: one class known
+        raise UserError(
+            f"{examples.source}: all {len(examples)} {role} rows are label "
+            f"{examples.names[examples.labels[0]]}; a classifier needs at least two labels"
+        )
+    missing = [name for i, name in enumerate(examples.names) if not counts.get(i)]
+    if missing:
+        present = ", ".join(f"{examples.names[c]} ({n})" for c, n in sorted(counts.items()))
+        raise UserError(
+            f"{examples.source}: no {role} rows are label {', '.join(missing)} (the rows are "
+            f"{present}); a classifier needs rows of every label: drop it from --labels or "
+            "add rows"
+        )
+
+
+def class_weights(cfg: TrainConfig, examples: Examples) -> torch.Tensor | None:
+    """``balanced``: each class weighs n / (classes × its rows), as scikit-learn's."""
+    if cfg.class_weights == "none":
+        return None
+    counts = Counter(examples.labels)
+    k, n = len(examples.names), len(examples)
+    return torch.tensor([n / (k * counts[i]) for i in range(k)], dtype=torch.float32)
 
 
 # ---------------------------------------------------------------------------- setup
@@ -240,17 +267,12 @@ def setup(cfg: TrainConfig, resume: bool, overwrite: bool) -> Setup:
     out = Path(cfg.out)
     if not resume:
         runfolder.check_new(out, overwrite)
-    if resume:  # the recorded base, found from any working directory, unless another is given
-        info = runfolder.read_info(out)
-        override = cfg.base_model if cfg.base_model != info.base.name else None
-        base = runfolder.resolve_base(out, info, override)
-    else:
-        base = resolve_base_model(cfg.base_model)
+    base, labels = find_base(cfg, out, resume)
     tokenizer = runfolder.load_tokenizer(base, max_length=cfg.max_length)
-    train_set, dev_set = load_splits(cfg)
+    train_set, dev_set = load_splits(cfg, labels)
     accelerator = make_accelerator(cfg)  # what the user must fix is said before this
     set_seed(cfg.seed)
-    base_model = modeling.load_base_classifier(base, tokenizer)  # gelu_new fused (modeling)
+    base_model = modeling.load_base_classifier(base, tokenizer, train_set.names)  # gelu fused
     if cfg.gradient_checkpointing:
         enable_checkpointing(base_model)
     model = modeling.apply_method(base_model, cfg)
@@ -259,16 +281,7 @@ def setup(cfg: TrainConfig, resume: bool, overwrite: bool) -> Setup:
         runfolder.prepare_new(out, overwrite)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        source = cfg.data or "weibo_senti_100k"
-        log.info(
-            "%s: %d train / %d dev rows from %s", cfg.method, len(train_set), len(dev_set), source
-        )
-        log.info(modeling.describe_parameters(model))
-        log.info(
-            "mixed precision: %s, processes: %d",
-            accelerator.mixed_precision,
-            accelerator.num_processes,
-        )
+        log_setup(cfg, model, train_set, dev_set, accelerator)
     check_process_split(cfg, accelerator.num_processes, len(train_set))
     sampler, train_loader, dev_loader = build_loaders(
         cfg, tokenizer, train_set, dev_set, accelerator
@@ -284,12 +297,34 @@ def setup(cfg: TrainConfig, resume: bool, overwrite: bool) -> Setup:
     model, optimizer, dev_loader, scheduler = accelerator.prepare(
         model, optimizer, dev_loader, scheduler
     )
+    weight = class_weights(cfg, train_set)
     s = Setup(
         cfg, out, accelerator, model, tokenizer, optimizer, scheduler, sampler,
         train_loader, dev_loader, base, dev_set,
+        None if weight is None else weight.to(accelerator.device),
     )  # fmt: skip
     register_checkpoint_hooks(s)
     return s
+
+
+def find_base(cfg: TrainConfig, out: Path, resume: bool) -> tuple[Path, list[str] | None]:
+    """(base folder, label names): a resumed run's recorded base, found from any working
+    directory unless another is given, and its own labels; else the configured base."""
+    if not resume:
+        return resolve_base_model(cfg.base_model), None
+    info = runfolder.read_info(out)
+    override = cfg.base_model if cfg.base_model != info.base.name else None
+    return runfolder.resolve_base(out, info, override), info.labels
+
+
+def log_setup(cfg: TrainConfig, model, train_set: Examples, dev_set: Examples, acc) -> None:
+    source = cfg.data or "weibo_senti_100k"
+    log.info("%s: %d train / %d dev rows from %s", cfg.method, len(train_set), len(dev_set), source)
+    counts = Counter(train_set.labels)
+    shown = ", ".join(f"{name} {counts[i]}" for i, name in enumerate(train_set.names))
+    log.info("%d labels (training rows): %s", len(train_set.names), shown)
+    log.info(modeling.describe_parameters(model))
+    log.info("mixed precision: %s, processes: %d", acc.mixed_precision, acc.num_processes)
 
 
 def check_process_split(cfg: TrainConfig, processes: int, rows: int) -> None:
@@ -369,6 +404,8 @@ def begin(s: Setup) -> Progress:
             precision=s.accelerator.mixed_precision,
             trainable_params=trainable,
             all_params=total,
+            labels=list(s.labels),
+            labels_zh=label_sets.chinese(s.labels),
         )
         hyperparameters = s.cfg.to_dict()
         for key in ("data", "dev_data"):  # absolute: --resume works from any directory
@@ -416,7 +453,7 @@ def save_checkpoint(s: Setup, state: Progress) -> None:
 def fit(s: Setup, state: Progress, on_step: Callable[[int], None] | None) -> None:
     for epoch in range(state.epoch, s.cfg.epochs):
         train_epoch(s, state, epoch, on_step)
-        dev = validate(s.model, s.dev_loader, s.accelerator)
+        dev = validate(s.model, s.dev_loader, s.accelerator, s.labels)
         state.epoch, state.step_in_epoch = epoch + 1, 0
         best = dev["macro_f1"] > state.best_macro_f1
         if best:
@@ -493,7 +530,7 @@ def train_step(s: Setup, batch: dict) -> tuple[float, int]:
     total = acc.reduce(local, "sum")
     # Processes' gradients are averaged: weigh each share by its size, so the step is the
     # global batch's mean loss even when the shares differ (1.0 exactly in one process).
-    loss = step_loss(s.model, batch, s.cfg.label_smoothing)
+    loss = step_loss(s.model, batch, s.cfg.label_smoothing, s.class_weight)
     loss = loss * (local * acc.num_processes / total)
     acc.backward(loss)
     if s.cfg.max_grad_norm:
@@ -504,26 +541,30 @@ def train_step(s: Setup, batch: dict) -> tuple[float, int]:
     return acc.reduce(loss.detach(), "mean").item(), int(total)
 
 
-def step_loss(model, batch: dict, label_smoothing: float) -> torch.Tensor:
-    if not label_smoothing:
+def step_loss(
+    model, batch: dict, label_smoothing: float, weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    if not label_smoothing and weight is None:
         return model(**batch).loss
     labels = batch.pop("labels")
     logits = model(**batch).logits.float()
-    return torch.nn.functional.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+    return torch.nn.functional.cross_entropy(
+        logits, labels, weight=weight, label_smoothing=label_smoothing
+    )
 
 
-def validate(model, loader, accelerator) -> dict:
+def validate(model, loader, accelerator, labels: list[str]) -> dict:
     model.eval()
-    logits, labels = [], []
+    logits, gold = [], []
     with torch.inference_mode():
         for batch in progress(loader, desc="dev", disable=not accelerator.is_main_process):
             out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
             lg, lb = accelerator.gather_for_metrics((out.logits.float(), batch["labels"]))
             logits.append(lg.cpu())
-            labels.append(lb.cpu())
+            gold.append(lb.cpu())
     model.train()
     probs = torch.cat(logits).softmax(-1).numpy()
-    return classification_metrics(torch.cat(labels).numpy(), probs)
+    return classification_metrics(torch.cat(gold).numpy(), probs, labels)
 
 
 def log_epoch(s: Setup, state: Progress, dev: dict, best: bool) -> None:
