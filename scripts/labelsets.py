@@ -1,0 +1,174 @@
+"""Label sets beyond 0/1 on real data: six emotions and three-way sentiment (SMP2020-EWECT usual).
+
+    python scripts/labelsets.py [--rows 8000] [--epochs 2] [--only six-lora three-tfidf ...]
+
+Trains lora, adapter and full on gpt2-mini-zh (default recipe otherwise, seed 42) and TF-IDF
+(character 1-3 grams) + logistic regression on the same training rows, keeps each run's best
+epoch on a split of train_emotion.csv, and reports accuracy and macro-F1 on eval_emotion.csv.
+The three-way task is the same files through ``--label-map`` (happy → positive, neutral →
+neutral, angry/sad/fear → negative, surprise dropped). ``six-lora-balanced`` measures
+``--class-weights balanced``. Finished runs are kept and not trained again; results go to
+docs/labelsets.json and docs/labelsets.md as they come.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+from weibo_senti import SentimentClassifier, TrainConfig, runfolder
+from weibo_senti.cli import configure_process
+from weibo_senti.errors import UserError
+from weibo_senti.evaluate import evaluate
+from weibo_senti.labels import parse_map
+from weibo_senti.metrics import classification_metrics
+from weibo_senti.train import load_splits, train
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+DATA = SHARED / "data" / "smp2020_usual"
+THREE_WAY = "happy=positive,neutral=neutral,angry=negative,sad=negative,fear=negative,surprise="
+TASKS = {"six": None, "three": THREE_WAY}
+JOBS = [
+    "six-lora", "six-tfidf", "three-lora", "three-tfidf", "six-adapter", "six-full",
+    "three-adapter", "three-full", "six-lora-balanced",
+]  # fmt: skip
+
+
+def config(task: str, method: str, args, balanced: bool = False) -> TrainConfig:
+    return TrainConfig(
+        method="lora" if method == "tfidf" else method,
+        base_model=str(SHARED / "models" / "gpt2-mini-zh"),
+        data=str(DATA / "train_emotion.csv"),
+        out=str(args.runs / f"{task}-{method}{'-balanced' if balanced else ''}"),
+        max_train_samples=args.rows,
+        epochs=args.epochs,
+        seed=42,
+        dev_fraction=args.dev_fraction,
+        label_map=TASKS[task],
+        class_weights="balanced" if balanced else "none",
+    )
+
+
+def neural(cfg: TrainConfig, task: str) -> dict:
+    run = Path(cfg.out)
+    try:
+        done = runfolder.read_info(run).complete
+    except UserError:
+        done = False
+    t0 = time.perf_counter()
+    if not done:
+        train(cfg, overwrite=True)
+    wall = time.perf_counter() - t0
+    clf = SentimentClassifier.load(run, precision="fp32")
+    m = evaluate(
+        clf, DATA / "eval_emotion.csv", label_map=parse_map(TASKS[task]) if TASKS[task] else None
+    )
+    dev = runfolder.read_eval_results(run)
+    return {
+        "accuracy": m["accuracy"],
+        "macro_f1": m["macro_f1"],
+        "per_class_f1": {k: v["f1"] for k, v in m["per_class"].items()},
+        "ece_after": m["calibration"]["after"]["ece"],
+        "dev_macro_f1": dev["dev"]["macro_f1"],
+        "best_epoch": dev["epoch"],
+        "train_seconds": dev.get("train_seconds"),
+        "wall_s_this_call": round(wall, 1),
+        "labels": clf.labels,
+        "n_eval": m["n"],
+    }
+
+
+def tfidf(cfg: TrainConfig, task: str) -> dict:
+    """The same training rows as the neural runs (load_splits with the same seed and sample)."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    from weibo_senti.data import read_labelled
+
+    train_set, _ = load_splits(cfg)
+    pipe = make_pipeline(  # compare's baseline, the same settings
+        TfidfVectorizer(analyzer="char", ngram_range=(1, 3), min_df=2, sublinear_tf=True),
+        LogisticRegression(max_iter=2000, C=4.0),
+    )
+    pipe.fit(train_set.texts, train_set.labels)
+    test = read_labelled(DATA / "eval_emotion.csv", labels=train_set.names, label_map=cfg.label_map)
+    m = classification_metrics(test.labels, pipe.predict_proba(test.texts), train_set.names)
+    return {
+        "accuracy": m["accuracy"],
+        "macro_f1": m["macro_f1"],
+        "per_class_f1": {k: v["f1"] for k, v in m["per_class"].items()},
+        "labels": train_set.names,
+        "n_train": len(train_set),
+        "n_eval": m["n"],
+    }
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.machine()
+
+
+def render(results: dict, args) -> str:
+    lines = [
+        "# Label sets: six emotions and three-way sentiment (SMP2020-EWECT usual)",
+        "",
+        f"Command: `python scripts/labelsets.py --rows {args.rows} --epochs {args.epochs} "
+        f"--dev-fraction {args.dev_fraction}`; "
+        f"base gpt2-mini-zh, seed 42, default recipe otherwise; {args.rows:,} sampled rows of "
+        "`train_emotion.csv` (the same rows for every method, TF-IDF included), best epoch "
+        f"on a {args.dev_fraction:.0%} split of it; test: `eval_emotion.csv`. "
+        f"CPU: {cpu_name()}.",
+        "",
+    ]
+    for task in TASKS:
+        lines += [
+            f"## {task}",
+            "",
+            "| method | accuracy | macro-F1 | per-class F1 |",
+            "|---|---|---|---|",
+        ]
+        for key, r in results.items():
+            if key.split("-")[0] != task:
+                continue
+            per = ", ".join(f"{k} {v:.3f}" for k, v in r["per_class_f1"].items())
+            method = key.split("-", 1)[1]
+            lines.append(f"| {method} | {r['accuracy']:.4f} | {r['macro_f1']:.4f} | {per} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rows", type=int, default=8000)
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--dev-fraction", type=float, default=0.04)  # ~1,100 rows checked per epoch
+    p.add_argument("--only", nargs="*", default=JOBS, choices=JOBS)
+    p.add_argument("--runs", type=Path, default=ROOT / "runs" / "labelsets")
+    p.add_argument("--out", type=Path, default=ROOT / "docs" / "labelsets")
+    args = p.parse_args()
+    configure_process()
+    results_file = args.out.with_suffix(".json")
+    for job in args.only:
+        task, method, *extra = job.split("-")
+        cfg = config(task, method, args, balanced=bool(extra))
+        t0 = time.perf_counter()
+        result = tfidf(cfg, task) if method == "tfidf" else neural(cfg, task)
+        result["job_wall_s"] = round(time.perf_counter() - t0, 1)
+        print(job, json.dumps(result, ensure_ascii=False), flush=True)
+        # two processes may share the jobs (one thread each on a 2-core machine): merge
+        results = json.loads(results_file.read_text()) if results_file.exists() else {}
+        results[job] = result
+        results = {k: results[k] for k in JOBS if k in results}
+        results_file.write_text(json.dumps(results, indent=1, ensure_ascii=False))
+        args.out.with_suffix(".md").write_text(render(results, args))
+
+
+if __name__ == "__main__":
+    main()
