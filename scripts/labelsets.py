@@ -33,9 +33,12 @@ DATA = SHARED / "data" / "smp2020_usual"
 THREE_WAY = "happy=positive,neutral=neutral,angry=negative,sad=negative,fear=negative,surprise="
 TASKS = {"six": None, "three": THREE_WAY}
 JOBS = [
-    "six-lora", "six-tfidf", "three-lora", "three-tfidf", "six-adapter", "six-full",
-    "three-adapter", "three-full", "six-lora-balanced",
-]  # fmt: skip
+    f"{task}-{method}{weights}"
+    for weights in ("", "-balanced")
+    for task in TASKS
+    for method in ("lora", "tfidf", "adapter", "full")
+    if not (weights and method == "tfidf")
+] + ["six-full-pipeline"]
 
 
 def config(task: str, method: str, args, balanced: bool = False) -> TrainConfig:
@@ -115,6 +118,26 @@ def cpu_name() -> str:
     return platform.machine()
 
 
+def stock_pipeline(cfg: TrainConfig, posts: int = 500) -> dict:
+    """The six-label full run in transformers' own pipeline, called the default way: its labels
+    and probabilities against ours on the first ``posts`` test posts."""
+    from transformers import pipeline
+
+    from weibo_senti.data import read_labelled
+
+    texts = read_labelled(DATA / "eval_emotion.csv").texts[:posts]
+    ours = SentimentClassifier.load(cfg.out, precision="fp32").predict(texts)
+    clf = pipeline("text-classification", model=cfg.out, top_k=None)
+    theirs = clf(texts, truncation=True, batch_size=16)
+    gaps = [
+        abs(p.probabilities[d["label"]] - d["score"]) for p, row in zip(ours, theirs) for d in row
+    ]
+    same = sum(
+        p.label == max(row, key=lambda d: d["score"])["label"] for p, row in zip(ours, theirs)
+    )
+    return {"posts": len(texts), "max_abs_dp": max(gaps), "same_top_label": same}
+
+
 def render(results: dict, args) -> str:
     lines = [
         "# Label sets: six emotions and three-way sentiment (SMP2020-EWECT usual)",
@@ -135,13 +158,45 @@ def render(results: dict, args) -> str:
             "|---|---|---|---|",
         ]
         for key, r in results.items():
-            if key.split("-")[0] != task:
+            if key.split("-")[0] != task or "pipeline" in key:
                 continue
             per = ", ".join(f"{k} {v:.3f}" for k, v in r["per_class_f1"].items())
-            method = key.split("-", 1)[1]
+            method = key.split("-", 1)[1].replace("-balanced", ", balanced (default)")
+            method += "" if "balanced" in key or method == "tfidf" else ", none"
             lines.append(f"| {method} | {r['accuracy']:.4f} | {r['macro_f1']:.4f} | {per} |")
         lines.append("")
+    if "six-full-pipeline" in results:
+        r = results["six-full-pipeline"]
+        lines.append(
+            f"Stock `pipeline` on the six-label full run, {r['posts']} test posts: max |ΔP| "
+            f"{r['max_abs_dp']:.2e} against weibo-senti, same top label on "
+            f"{r['same_top_label']}/{r['posts']}."
+        )
     return "\n".join(lines)
+
+
+def plot(results: dict, out: Path) -> None:
+    """Macro-F1 per method and task, class weights none against balanced, TF-IDF's as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(TASKS), figsize=(10, 4), sharey=True)
+    for ax, task in zip(axes, TASKS):
+        methods = ["lora", "adapter", "full"]
+        for i, (suffix, name) in enumerate([("", "none"), ("-balanced", "balanced (default)")]):
+            values = [results.get(f"{task}-{m}{suffix}", {}).get("macro_f1", 0) for m in methods]
+            ax.bar([x + 0.38 * i for x in range(3)], values, 0.38, label=f"class weights {name}")
+        if f"{task}-tfidf" in results:
+            tfidf = results[f"{task}-tfidf"]["macro_f1"]
+            ax.axhline(tfidf, color="black", linestyle="--", label=f"TF-IDF + LR ({tfidf:.3f})")
+        ax.set(title=f"{task} labels", xticks=[x + 0.19 for x in range(3)], xticklabels=methods)
+        ax.set(ylim=(0, 1), ylabel="macro-F1 on eval_emotion.csv")
+        ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
 
 
 def main() -> None:
@@ -157,9 +212,14 @@ def main() -> None:
     results_file = args.out.with_suffix(".json")
     for job in args.only:
         task, method, *extra = job.split("-")
-        cfg = config(task, method, args, balanced=bool(extra))
+        cfg = config(task, method, args, balanced=extra == ["balanced"])
         t0 = time.perf_counter()
-        result = tfidf(cfg, task) if method == "tfidf" else neural(cfg, task)
+        if extra == ["pipeline"]:
+            result = stock_pipeline(config(task, method, args))
+        elif method == "tfidf":
+            result = tfidf(cfg, task)
+        else:
+            result = neural(cfg, task)
         result["job_wall_s"] = round(time.perf_counter() - t0, 1)
         print(job, json.dumps(result, ensure_ascii=False), flush=True)
         # two processes may share the jobs (one thread each on a 2-core machine): merge
@@ -168,6 +228,7 @@ def main() -> None:
         results = {k: results[k] for k in JOBS if k in results}
         results_file.write_text(json.dumps(results, indent=1, ensure_ascii=False))
         args.out.with_suffix(".md").write_text(render(results, args))
+        plot(results, args.out.with_suffix(".png"))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from test_cli import cli
 
 from weibo_senti.calibrate import fit_temperature, softmax
@@ -27,6 +28,19 @@ def test_ece_of_perfectly_calibrated_and_of_overconfident_predictions():
     assert calibration_metrics(labels, probs)["ece"] < 0.02
     sharp = np.stack([1 - (p > 0.5), p > 0.5], 1).astype(float) * 0.98 + 0.01
     assert calibration_metrics(labels, sharp)["ece"] > 0.15
+
+
+def test_temperature_and_calibration_work_for_any_number_of_labels():
+    rng = np.random.default_rng(2)
+    true = rng.normal(0, 2, size=(6000, 4))
+    labels = np.array([rng.choice(4, p=p) for p in softmax(true)])
+    assert abs(fit_temperature(true * 2.5, labels) - 2.5) < 0.25
+    c = calibration_metrics(labels, softmax(true))
+    assert c["ece"] < 0.03  # the true probabilities: calibrated, top label or not
+    probs = softmax(true).astype(np.float64)
+    onehot = np.eye(4)[labels]
+    assert c["brier"] == pytest.approx(((probs - onehot) ** 2).sum(1).mean(), rel=1e-4)
+    assert calibration_metrics(labels, softmax(true * 3))["ece"] > 0.1  # overconfident
 
 
 def test_training_folds_a_temperature_that_lowers_dev_log_loss(trained_runs):

@@ -141,3 +141,76 @@ def test_merged_and_exported_folders_give_calibrated_probabilities_in_a_pipeline
         loss = log_loss(dev.labels, np.stack([1 - p, p], 1), labels=[0, 1])
         assert loss == pytest.approx(calibration["after"]["log_loss"], abs=1e-4)
         assert loss < calibration["before"]["log_loss"]
+
+
+# ---------------------------------------------------------------------------- any label set
+from test_multitask import label_runs  # noqa: E402, F401  (a fixture: runs of 3 and 6 labels)
+
+
+def ours_every_label(run, texts=TEXTS) -> tuple[list[str], np.ndarray]:
+    """(labels, every probability per text) from the command line, as a user gets them."""
+    args = ["predict", run, "--precision", "fp32", "--json"]
+    code, out, err = cli(*args, *[x for t in texts for x in ("--text", t)])
+    assert code == 0, err
+    rows = [json.loads(line)["probabilities"] for line in out.splitlines()]
+    return list(rows[0]), np.array([list(r.values()) for r in rows])
+
+
+@pytest.fixture(scope="module")
+def merged_six(label_runs, tmp_path_factory):  # noqa: F811
+    out = tmp_path_factory.mktemp("merged-six") / "m"
+    code, _, err = cli("merge", label_runs("six", "lora"), "--out", out)
+    assert code == 0, err
+    return out
+
+
+@pytest.mark.parametrize("kind", ["merged", "full"])
+def test_six_labels_in_a_stock_pipeline_and_the_auto_classes(kind, merged_six, label_runs):  # noqa: F811
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
+
+    folder = merged_six if kind == "merged" else label_runs("six", "full")
+    labels, expected = ours_every_label(folder)
+    assert len(labels) == 6
+    config = json.loads((folder / "config.json").read_text())
+    assert config["id2label"] == {str(i): n for i, n in enumerate(labels)}
+    assert config["label2id"] == {n: i for i, n in enumerate(labels)}
+    classify = pipeline("text-classification", model=str(folder))
+    answers = classify(TEXTS, top_k=None, truncation=True)
+    for answer, want in zip(answers, expected):
+        got = {a["label"]: a["score"] for a in answer}
+        assert list(got) == sorted(labels, key=lambda n: -got[n])  # every label, best first
+        assert np.abs(np.array([got[n] for n in labels]) - want).max() < 1e-4
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    model = AutoModelForSequenceClassification.from_pretrained(str(folder)).eval()
+    assert model.config.id2label == dict(enumerate(labels)) and model.config.num_labels == 6
+    with torch.no_grad():
+        batch = tok(TEXTS, padding=True, truncation=True, return_tensors="pt")
+        auto = model(**batch).logits.softmax(-1).numpy()
+    assert np.abs(auto - expected).max() < 1e-4
+    if kind == "merged":  # the merged model answers like the LoRA run it came from
+        assert np.abs(expected - ours_every_label(label_runs("six", "lora"))[1]).max() < 1e-4
+
+
+@pytest.mark.parametrize("labels", ["three", "six"])
+def test_peft_from_pretrained_on_n_label_lora_runs(labels, label_runs, tiny_base):  # noqa: F811
+    """The README's PEFT recipe with the run's labels: the base gets id2label, then the run."""
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    run = label_runs(labels, "lora")
+    names = json.loads((run / "run.json").read_text())["labels"]
+    tok = AutoTokenizer.from_pretrained(str(run))
+    base = AutoModelForSequenceClassification.from_pretrained(
+        str(tiny_base),
+        pad_token_id=tok.pad_token_id,
+        id2label=dict(enumerate(names)),
+        label2id={n: i for i, n in enumerate(names)},
+    )
+    model = PeftModel.from_pretrained(base, str(run)).eval()
+    assert model.config.id2label == dict(enumerate(names))
+    with torch.no_grad():
+        batch = tok(TEXTS, padding=True, truncation=True, return_tensors="pt")
+        probs = model(**batch).logits.softmax(-1).numpy()
+    got_labels, expected = ours_every_label(run)
+    assert got_labels == names and probs.shape == (len(TEXTS), len(names))
+    assert np.abs(probs - expected).max() < 1e-4

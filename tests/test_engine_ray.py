@@ -154,3 +154,32 @@ def test_ray_with_no_rows_writes_the_header_as_the_local_engine(local_ray, train
     summary = engine_ray.score(src, out, trained_runs["lora"], text_column="text", workers=1)
     assert summary.rows == 0 and summary.blank == 1
     assert out.read_text(encoding="utf-8").startswith("id,text,pred_label,")
+
+
+from test_multitask import label_runs  # noqa: E402, F401  (a fixture: runs of 3 and 6 labels)
+
+
+@pytest.mark.parametrize("kind", ["parquet", "csv"])
+def test_a_six_label_run_gives_the_local_engines_columns(local_ray, label_runs, tmp_path, kind):  # noqa: F811
+    import pyarrow.parquet as pq
+
+    ts = texts(60)
+    src = tmp_path / f"posts.{kind}"
+    if kind == "parquet":
+        pq.write_table(pa.table({"text": ts}), src, row_group_size=20)
+    else:
+        src.write_text("text\n" + "".join(f"{t or '-'}\n" for t in ts), encoding="utf-8")
+    run = label_runs("six", "lora")
+    out, local = tmp_path / "ray.parquet", tmp_path / "local.parquet"
+    engine_ray.score(src, out, run, text_column="text", precision="fp32", workers=2)
+    clf = SentimentClassifier.load(run, precision="fp32")
+    bulk.score(src, local, bulk.Predictor(classifier=clf, text_column="text"))
+    got, want = pq.read_table(out).to_pylist(), pq.read_table(local).to_pylist()
+    six = ["angry", "fear", "happy", "neutral", "sad", "surprise"]
+    assert list(got[0]) == list(want[0])
+    assert [k for k in got[0] if k.startswith("pred_p_")] == [f"pred_p_{n}" for n in six]
+    for g, w in zip(got, want):
+        assert g["pred_label"] == w["pred_label"] and g["text"] == w["text"]
+        for n in six:
+            if w[f"pred_p_{n}"] is not None:
+                assert abs(g[f"pred_p_{n}"] - w[f"pred_p_{n}"]) < 1e-5

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import EMOTIONS, train_config, write_labelled
 
 from weibo_senti import SentimentClassifier
 from weibo_senti.cli import run_cli
@@ -19,8 +20,6 @@ from weibo_senti.errors import UserError
 from weibo_senti.evaluate import evaluate
 from weibo_senti.labels import parse_map, parse_names
 from weibo_senti.train import class_weights, step_loss, train
-
-from conftest import EMOTIONS, train_config, write_labelled
 
 
 def write(path: Path, rows: list[tuple[object, str]]) -> Path:
@@ -217,7 +216,8 @@ def test_balanced_class_weights_are_inverse_frequencies_and_weigh_the_loss():
     ex = Examples(["x"] * 8, [0, 0, 0, 0, 0, 0, 1, 2], names=["a", "b", "c"])
     weight = class_weights(TrainConfig(class_weights="balanced"), ex)
     assert torch.allclose(weight, torch.tensor([8 / 18, 8 / 3, 8 / 3]))
-    assert class_weights(TrainConfig(), ex) is None
+    assert class_weights(TrainConfig(class_weights="none"), ex) is None
+    assert TrainConfig().class_weights == "balanced"  # the measured default
 
     class Model(torch.nn.Module):
         def forward(self, input_ids, **_):
@@ -259,3 +259,14 @@ def test_resume_keeps_the_recorded_label_order(tmp_path, tiny_base, three_way_fi
     train_until_interrupted(cfg, 12)
     resumed = train(cfg.model_copy(update={"labels": None}), resume=True)
     assert resumed.labels == order
+
+
+def test_a_run_recorded_before_class_weights_resumes_without_them(tmp_path):
+    from weibo_senti import TrainConfig
+
+    saved = tmp_path / "hyperparameters.yaml"
+    record = TrainConfig(class_weights="none").to_dict()
+    del record["class_weights"]  # as written before the option existed
+    saved.write_text(yaml.safe_dump(record), encoding="utf-8")
+    assert TrainConfig.from_sources(saved, recorded=True).class_weights == "none"
+    assert TrainConfig.from_sources(saved).class_weights == "balanced"  # --config: defaults

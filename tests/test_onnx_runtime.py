@@ -244,3 +244,41 @@ def test_an_unwritable_cache_gets_one_line(trained_runs, tmp_path, monkeypatch):
     clf = SentimentClassifier.load(trained_runs["full"], precision="int8")
     with pytest.raises(UserError, match="WEIBO_SENTI_CACHE.*WEIBO_SENTI_ENGINE=torch"):
         clf.predict(TEXTS)
+
+
+from test_multitask import label_runs  # noqa: E402, F401  (a fixture: runs of 3 and 6 labels)
+
+
+@needs_ort
+@pytest.mark.parametrize("labels", ["three", "six"])
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_onnxruntime_answers_any_number_of_labels_like_torch(
+    label_runs,  # noqa: F811
+    labels,
+    method,
+    tmp_path,
+    monkeypatch,
+):
+    """The graph's output is as wide as the run's head: ONNX Runtime's fp32 and int8 agree
+    with torch's fp32 within the tolerances above, on every label; torch's int8 (7-bit
+    activations, about twice ONNX Runtime's error here) within 3% of the largest logit."""
+    monkeypatch.setenv("WEIBO_SENTI_CACHE", str(tmp_path))
+    run = label_runs(labels, method)
+    width = {"three": 3, "six": 6}[labels]
+    fp32_torch = SentimentClassifier.load(run, precision="fp32", engine="torch")
+    want, logits = fp32_torch.predict_proba(TEXTS), fp32_torch.predict_logits(TEXTS)[0]
+    assert want.shape == (len(TEXTS), width)
+    fp32 = SentimentClassifier.load(run, precision="fp32", engine="onnxruntime")
+    got = fp32.predict_proba(TEXTS)
+    assert isinstance(fp32._copies["fp32"], onnx_runtime.OrtClassifier)
+    assert got.shape == want.shape and np.abs(got - want).max() < 1e-5
+    int8 = SentimentClassifier.load(run, precision="int8", engine="onnxruntime")
+    got = int8.predict_proba(TEXTS)
+    assert isinstance(int8._copies["int8"], onnx_runtime.OrtClassifier)
+    assert got.shape == want.shape and np.abs(got - want).max() < 0.05
+    assert [p.label for p in int8.predict(TEXTS)] == [fp32.labels[k] for k in want.argmax(1)]
+    torch_int8 = SentimentClassifier.load(run, precision="int8", engine="torch")
+    got = torch_int8.predict_logits(TEXTS)[0]
+    assert isinstance(torch_int8._copies["int8"], inference.TorchInt8)
+    assert got.shape == logits.shape
+    assert np.abs(got - logits).max() < 0.03 * np.abs(logits).max()

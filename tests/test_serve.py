@@ -34,8 +34,12 @@ def test_health_adapters_page_and_docs(client):
     listing = client.get("/v1/adapters").json()
     assert listing["adapters"] == ["weibo", "bottleneck"] and listing["default"] == "weibo"
     assert listing["max_adapters"] == 16
+    assert listing["labels"] == ["negative", "positive"]
+    assert listing["labels_zh"] == ["负面", "正面"]
     assert listing["details"]["bottleneck"] == {
         "kind": "adapter",
+        "labels": ["negative", "positive"],
+        "labels_zh": ["负面", "正面"],
         "source": "given at start",
         "in_flight": 0,
         "unloading": False,

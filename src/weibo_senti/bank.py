@@ -5,6 +5,10 @@ LoRA adapters go through PEFT's own multi-adapter path: ``PeftModel.from_pretrai
 for different LoRA adapters in one forward pass (``adapter_names``). Bottleneck adapters and
 their heads live in ``adapters``; while one answers, PEFT's adapters are switched off. Adding,
 switching and removing never reload the base.
+
+Adapters may predict different label sets: each brings its own head, of its own width. Rows
+for LoRA adapters share a PEFT pass only when their heads are equally wide (PEFT's mixed batch
+stacks the heads' outputs row by row).
 """
 
 from __future__ import annotations
@@ -36,7 +40,9 @@ class AdapterBank:
     def model(self) -> nn.Module:
         return self.peft if self.peft is not None else self.base
 
-    def add(self, name: str, run: Path, method: str) -> None:
+    def add(self, name: str, run: Path, method: str, width: int | None = None) -> None:
+        """Load adapter ``name`` from ``run``; its head has ``width`` outputs (its labels;
+        default: as many as the base's head)."""
         if name in self.kinds:
             raise UserError(f"an adapter called '{name}' is already loaded")
         if method not in ("lora", "adapter"):
@@ -45,9 +51,12 @@ class AdapterBank:
         self.unmerge()
         uid = f"a{self._next_id}"
         if method == "lora":
-            self._add_lora(uid, run)
+            self._add_lora(uid, run, width or self.base_head.out_features)
         else:
             config, state = runfolder.read_bottleneck(run)
+            rows = getattr(state.get("score.weight"), "shape", (width,))[0]
+            if width is not None and rows != width:
+                raise UserError(f"{run} has a head of {rows} outputs for its {width} labels")
             try:
                 bottleneck.load(self.base, uid, config, state)
             except (KeyError, RuntimeError) as e:
@@ -57,19 +66,55 @@ class AdapterBank:
         self.model.eval()  # new modules start in training mode (dropout on)
         self.use(self.active or name)
 
-    def _add_lora(self, uid: str, run: Path) -> None:
+    def _add_lora(self, uid: str, run: Path, width: int) -> None:
         from peft import PeftModel
 
         try:
-            if self.peft is None:
-                self.peft = PeftModel.from_pretrained(self.base, str(run), adapter_name=uid)
-            else:
-                self.peft.load_adapter(str(run), adapter_name=uid)
+            with self._head_to_copy(width):
+                if self.peft is None:
+                    self.peft = PeftModel.from_pretrained(self.base, str(run), adapter_name=uid)
+                else:
+                    self.peft.load_adapter(str(run), adapter_name=uid)
         except (ValueError, KeyError, RuntimeError) as e:
             raise UserError(f"{run} has unusable LoRA weights: {e}") from None
         loaded = [n for n, _ in self.peft.named_parameters() if f".{uid}." in n]
         if not any("lora_" in n for n in loaded) or not any("score" in n for n in loaded):
             raise UserError(f"{run} lacks LoRA weights or its score head")
+
+    @contextlib.contextmanager
+    def _head_to_copy(self, width: int):
+        """Within: the head PEFT copies for a new LoRA adapter has ``width`` outputs.
+
+        PEFT 0.21 gives each adapter its ``score`` as ``copy.deepcopy`` of the wrapped original
+        head (ModulesToSaveWrapper.update), then loads the saved weights into the copy: a head
+        of another width fails on the sizes. So for the load only, the original (the base's
+        ``score``, or the wrapper's ``original_module``) is a blank Linear of the adapter's
+        width; afterwards the base's own head is back in place. PEFT's public API stays the
+        only way in (no state dicts of our own, no module surgery after loading), and the
+        copy PEFT makes is exactly as wide as the weights it loads.
+        """
+        head = self.base_head
+        if width == head.out_features:
+            yield
+            return
+        blank = nn.Linear(
+            head.in_features,
+            width,
+            bias=head.bias is not None,
+            device=head.weight.device,
+            dtype=head.weight.dtype,
+        )
+        if self.peft is None:
+            self.base.score = blank
+        else:
+            self.base.score.original_module = blank
+        try:
+            yield
+        finally:
+            if hasattr(self.base.score, "original_module"):
+                self.base.score.original_module = self.base_head
+            else:
+                self.base.score = self.base_head
 
     def remove(self, name: str) -> None:
         self.require(name)
@@ -114,7 +159,8 @@ class AdapterBank:
             raise UserError(f"no adapter called '{name}' is loaded (loaded: {loaded})")
 
     def forward(self, batch: dict, names: list[str]) -> torch.Tensor:
-        """Logits for a batch whose rows name their adapters (all LoRA, or all one adapter)."""
+        """Logits for a batch whose rows name their adapters (all LoRA with heads of one width,
+        or all one adapter)."""
         if len(set(names)) > 1:
             self.unmerge()
             uids = [self.ids[n] for n in names]

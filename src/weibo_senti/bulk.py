@@ -75,8 +75,8 @@ class Predictor:
         self.text_column = text_column  # None: review, text, content or the only column
         self.adapter_column = adapter_column
         self.batch_size = batch_size
-        labels = self.clf.labels
-        names = ["label", "label_zh", "score", *(f"p_{n}" for n in labels), "truncated"]
+        self.labels = label_columns(self.clf)
+        names = ["label", "label_zh", "score", *(f"p_{n}" for n in self.labels), "truncated"]
         if self.clf.bank is not None:
             names.append("adapter")
         self.added = [prefix + n for n in names]
@@ -98,12 +98,12 @@ class Predictor:
             active = self.clf.active_adapter
             names = [str(n or "").strip() or active for n in adapters]
         preds = self.clf.predict(texts, self.batch_size, names)
-        labels = self.clf.labels
         out: dict[str, list] = {c: [] for c in self.added}
         for p in preds:
             probs = p.probabilities or {}
             values = [p.label, p.label_zh, None if p.score is None else round(p.score, 6)]
-            values += [round(probs[n], 6) if probs else None for n in labels]
+            # a label the row's adapter does not predict: empty, not 0
+            values += [round(probs[n], 6) if n in probs else None for n in self.labels]
             values += [p.truncated] + ([p.adapter] if self.clf.bank is not None else [])
             for c, v in zip(self.added, values):
                 out[c].append(v)
@@ -117,6 +117,17 @@ class Predictor:
         if self.adapter_column in tables.names(batch):
             adapters = tables.column(batch, self.adapter_column)
         return tables.add_columns(batch, self.columns(texts, adapters))
+
+
+def label_columns(clf) -> list[str]:
+    """The labels that get a probability column (``p_<label>``): every label of the loaded
+    adapters, the active adapter's first (in its order), then each other adapter's labels
+    not seen yet, in loading order. A row's probabilities fill its own adapter's labels; the
+    other columns stay empty. One label set (a single run) gives exactly its columns."""
+    names = list(clf.labels)
+    for adapter in clf.adapters:
+        names += [n for n in clf.labels_of(adapter) if n not in names]
+    return names
 
 
 def is_missing(value) -> bool:

@@ -17,7 +17,7 @@ from .errors import UserError
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
-    help="Fine-tune a Chinese GPT-2 for Weibo sentiment (0 negative, 1 positive) and use it.",
+    help="Fine-tune a Chinese GPT-2 for Weibo sentiment (or any label set) and use it.",
     pretty_exceptions_enable=False,
 )
 log = logging.getLogger("weibo_senti")
@@ -70,7 +70,7 @@ def common(
         Opt("--version", callback=show_version, is_eager=True, help="Print the version and exit"),
     ] = None,
 ) -> None:
-    """Fine-tune a Chinese GPT-2 for Weibo sentiment (0 negative, 1 positive) and use it."""
+    """Fine-tune a Chinese GPT-2 for Weibo sentiment (or any label set) and use it."""
 
 
 def config_options() -> list[inspect.Parameter]:
@@ -136,7 +136,7 @@ def train(
             typer.echo(f"{folder} has finished training; nothing to resume", err=True)
         saved = hyperparameters_file(folder)
         moved = {k: options[k] for k in ("base_model", "data", "dev_data")}  # now elsewhere
-        cfg = TrainConfig.from_sources(saved, out=str(folder), **moved)
+        cfg = TrainConfig.from_sources(saved, recorded=True, out=str(folder), **moved)
     else:
         cfg = TrainConfig.from_sources(config, **options)
     try:
@@ -199,6 +199,15 @@ def parse_label_map(spec: str | None) -> dict[str, str | None] | None:
         raise UserError(f"--label-map: {e}") from None
 
 
+def check_png_option(path: Path | None, flag: str, command: str) -> None:
+    """A figure option: matplotlib installed, a .png file name (not a folder)."""
+    if path is None:
+        return
+    need_extra("matplotlib", "compare", f"{command} {flag}")
+    if path.suffix.lower() != ".png" or path.is_dir():
+        raise UserError(f"{flag} must name a .png file, not {path}")
+
+
 @app.command()
 def evaluate(
     run: Annotated[Path, typer.Argument(help="Run folder")],
@@ -218,6 +227,9 @@ def evaluate(
     reliability: Annotated[
         Path | None, Opt(help="Write a reliability diagram PNG here (extra: compare)")
     ] = None,
+    confusion: Annotated[
+        Path | None, Opt(help="Write the confusion matrix as a PNG here (extra: compare)")
+    ] = None,
     as_json: Annotated[
         bool, Opt("--json", help="Print one JSON object instead of a table")
     ] = False,
@@ -230,16 +242,17 @@ def evaluate(
 
     if text_column == label_column:
         raise UserError(f"--text-column and --label-column are both {text_column!r}")
-    if reliability is not None:
-        need_extra("matplotlib", "compare", "evaluate --reliability")
-        if reliability.suffix.lower() != ".png" or reliability.is_dir():
-            raise UserError(f"--reliability must name a .png file, not {reliability}")
+    check_png_option(reliability, "--reliability", "evaluate")
+    check_png_option(confusion, "--confusion", "evaluate")
+    if reliability and confusion and reliability.resolve() == confusion.resolve():
+        raise UserError(f"--reliability and --confusion are both {reliability}: give two files")
+    mapping = parse_label_map(label_map)
     clf = SentimentClassifier.load(
         run, base_model=base_model, precision=precision, allow_incomplete=allow_incomplete
     )
     m = run_eval(
         clf, data, text_column, label_column, encoding, strip_emoticons, batch_size, reliability,
-        label_map=parse_label_map(label_map),
+        label_map=mapping, confusion=confusion,
     )  # fmt: skip
     if as_json:
         typer.echo(json.dumps(m, ensure_ascii=False))
@@ -353,13 +366,13 @@ def score_files(clf, options: dict) -> None:
 
 
 def print_predictions(clf, texts: list[str], batch_size: int, as_json: bool) -> None:
-    from .predict import format_console
+    from .predict import display_names, format_console
 
     for t, p in zip(texts, clf.predict(texts, batch_size)):
         if as_json:
             typer.echo(json.dumps({"text": t, **p.to_dict()}, ensure_ascii=False))
         else:
-            typer.echo(format_console(p, clf.max_length))
+            typer.echo(format_console(p, clf.max_length, display_names(clf, p.adapter)))
 
 
 def check_predict_sources(text, input, output, resume: bool, overwrite: bool) -> None:
@@ -420,16 +433,18 @@ def explain(
     png: Annotated[
         Path | None, Opt(help="Also draw the posts, coloured, in this PNG (extra: compare)")
     ] = None,
+    label: Annotated[
+        str | None,
+        Opt(
+            help="Label to explain: green pushed toward it, red away (default: the predicted "
+            "label; with two labels, the second)"
+        ),
+    ] = None,
 ):
-    """Why a post got its label: per-character integrated gradients (green pushed toward
-    positive, red toward negative), with the completeness check."""
+    """Why a post got its label: per-character integrated gradients (green pushed toward the
+    explained label, red away from it), with the completeness check."""
     need_extra("captum", "explain", "explain")
-    if png is not None:
-        need_extra("matplotlib", "compare", "explain --png")
-        if png.suffix.lower() != ".png":
-            raise UserError(f"--png must name a .png file, not {png.name}")
-        if png.is_dir():
-            raise UserError(f"--png {png} is a directory; give a file name")
+    check_explain_png(png)
     from .explain import explain as explain_post
     from .explain import render_console, summary_lines
     from .predict import load_classifier
@@ -439,12 +454,16 @@ def explain(
     clf = load_classifier(run, adapter, base_model, "fp32")
     if use:
         clf.use(use)
+    if label is not None and label not in clf.labels:
+        raise UserError(
+            f"--label {label!r} is not one of the run's labels: {', '.join(clf.labels)}"
+        )
     from rich.console import Console
 
     out = Console(highlight=False, soft_wrap=True)  # no hard breaks when piped
     done = []
     for post in text:
-        done.append(explain_post(clf, post, steps=steps))
+        done.append(explain_post(clf, post, steps=steps, label=label))
         if as_json:
             typer.echo(json.dumps(done[-1].to_dict(), ensure_ascii=False))
             continue
@@ -456,6 +475,15 @@ def explain(
 
         plot_explanations(done, [clf.active_adapter or "model"] * len(done), png)
         typer.echo(f"figure written to {png}", err=True)
+
+
+def check_explain_png(png: Path | None) -> None:
+    if png is not None:
+        need_extra("matplotlib", "compare", "explain --png")
+        if png.suffix.lower() != ".png":
+            raise UserError(f"--png must name a .png file, not {png.name}")
+        if png.is_dir():
+            raise UserError(f"--png {png} is a directory; give a file name")
 
 
 @app.command()
@@ -499,6 +527,15 @@ def combine(
     typer.echo(f"written {done}")
 
 
+LabelNames = Annotated[
+    list[str] | None,
+    Opt(help="Label names in order, e.g. negative,neutral,positive (default: from the data)"),
+]
+ClassWeights = Annotated[
+    str, Opt(help="none | balanced (every method, TF-IDF's logistic regression too)")
+]
+
+
 @app.command()
 def compare(
     data: Annotated[str, Opt(help="Training CSV/TSV/JSONL")],
@@ -534,32 +571,36 @@ def compare(
         Opt(min=1, help="Train every method on the same seeded sample of this many rows"),
     ] = None,
     precision: Annotated[str, Opt(help="Training precision: auto | fp32 | bf16 | fp16")] = "auto",
+    labels: LabelNames = None,
+    label_map: LabelMap = None,
+    class_weights: ClassWeights = "none",
 ):
-    """Train every method on the same data and base; table, JSON and plots of the results."""
+    """Train every method on the same data and base; table, JSON and plots of the results.
+    Any label set: test sets are read with the task's labels; the human-labelled
+    (negative/positive) sets are scored only when the task is negative/positive."""
     need_extra("matplotlib", "compare", "compare")
     from .compare import compare as run_compare
 
     human_data = human_data_root(human_data)
     extra = extra_test_files(extra_test)
     command = compare_command(dict(locals()))
+    options = compare_train_options(dict(locals()))
     run_compare(
-        base_model,
-        data,
-        dev_data,
-        out,
-        extra,
-        methods,
-        human_data,
-        repeats,
-        seed,
-        command,
-        child_setup=configure_process,
-        epochs=epochs,
-        max_length=max_length,
-        max_train_samples=max_train_samples,
-        precision=precision,
-    )
+        base_model, data, dev_data, out, extra, methods, human_data, repeats, seed, command,
+        child_setup=configure_process, **options,
+    )  # fmt: skip
     typer.echo(f"report written to {out / 'comparison.md'}")
+
+
+def compare_train_options(o: dict) -> dict:
+    """What every method of a comparison trains with (TrainConfig fields)."""
+    keys = ("epochs", "max_length", "max_train_samples", "precision", "class_weights")
+    options = {k: o[k] for k in keys}
+    if o["labels"]:
+        options["labels"] = o["labels"]
+    if o["label_map"]:
+        options["label_map"] = parse_label_map(o["label_map"])
+    return options
 
 
 def human_data_root(given: Path | None) -> Path | None:
@@ -569,14 +610,7 @@ def human_data_root(given: Path | None) -> Path | None:
     if given is not None and not human_sets(given):
         expected = ", ".join(HUMAN_SETS.values())
         raise UserError(f"no human-labelled set under {given} (looked for {expected})")
-    root = given or default_human_root()
-    if root is None:
-        typer.echo(
-            "warning: no human-labelled set found (--human-data): the report has only the dev "
-            "set, whose weibo_senti_100k labels come from emoticons",
-            err=True,
-        )
-    return root
+    return given or default_human_root()  # compare warns when a binary task has none
 
 
 def extra_test_files(specs: list[str] | None) -> dict[str, str]:
@@ -596,6 +630,9 @@ def compare_command(o: dict) -> str:
     parts += [f"--extra-test {spec}" for spec in o["extra_test"] or []]
     parts += [f"--human-data {o['human_data']}"] if o["human_data"] else []
     parts += [f"--method {m}" for m in o["methods"] or []]
+    parts += [f"--labels {','.join(o['labels'])}"] if o["labels"] else []
+    parts += [f"--label-map {o['label_map']}"] if o["label_map"] else []
+    parts += [f"--class-weights {o['class_weights']}"] if o["class_weights"] != "none" else []
     parts += [f"--epochs {o['epochs']}", f"--repeats {o['repeats']}", f"--seed {o['seed']}"]
     parts += [f"--max-length {o['max_length']}"] if o["max_length"] != 160 else []
     samples = o["max_train_samples"]

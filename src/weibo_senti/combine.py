@@ -53,8 +53,7 @@ def combine(
         runfolder.require_complete(r, info)
         if info.method != "lora":
             raise UserError(f"{r} is a {info.method} run: only LoRA runs can be combined")
-        if (info.labels, info.max_length) != (infos[0].labels, infos[0].max_length):
-            raise UserError(f"{r} has other labels or another max length than {runs[0]}")
+    _same_task(runs, infos)
     peft_model, heads = _load_for_combination(runs, infos, base_model)
     uids = [f"run{i}" for i in range(len(runs))]
     kw = {"density": density} if density is not None else {}
@@ -80,6 +79,23 @@ def combine(
         runfolder.save_tokenizer(runfolder.run_tokenizer(runs[0], infos[0]), staging)
         runfolder.write_info(staging, combined)
     return out
+
+
+def _same_task(runs: list[Path], infos) -> None:
+    """One label set (names and order: the heads' rows are mixed row by row) and one max
+    length for every run."""
+    first = infos[0]
+    for r, info in zip(runs[1:], infos[1:]):
+        if info.labels != first.labels:
+            raise UserError(
+                f"{r} has labels {', '.join(info.labels)}; {runs[0]} has "
+                f"{', '.join(first.labels)}: combine needs one label set, in one order"
+            )
+        if info.max_length != first.max_length:
+            raise UserError(
+                f"{r} has max length {info.max_length}; {runs[0]} has {first.max_length}: "
+                "combine needs one max length"
+            )
 
 
 # Where PEFT keeps a sequence classifier's head in a saved adapter (modules_to_save).
@@ -119,7 +135,7 @@ def _load_for_combination(runs: list[Path], infos, base_model: str | None):
             raise UserError(f"{r} was trained on a different base than {runs[0]}")
     base = runfolder.resolve_base(runs[0], infos[0], base_model)
     tokenizer = runfolder.run_tokenizer(runs[0], infos[0])
-    model, heads = modeling.load_base_classifier(base, tokenizer), []
+    model, heads = modeling.load_base_classifier(base, tokenizer, infos[0].labels), []
     for i, run in enumerate(runs):
         state = runfolder.read_lora(run)
         config = LoraConfig.from_pretrained(str(run))

@@ -26,6 +26,11 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # training; "no" is read as fp32
 MAX_SEED = 2**32 - 1  # numpy's and Python's seeding range, which set_seed feeds
 
 
+# Options added after runs were first recorded, with the value those runs trained with: a run
+# resumed from an older hyperparameters.yaml continues as it started.
+BEFORE_FIELDS = {"class_weights": "none"}
+
+
 def option(default, help: str, **constraints):
     """A config field with its help: the CLI's flags are generated from these (one source)."""
     if callable(default):
@@ -54,8 +59,8 @@ class TrainConfig(BaseModel):
     label_map: dict[str, str | None] | None = option(
         None, "Rename labels first: happy=positive,surprise= (empty: drop) or a YAML file"
     )
-    class_weights: Literal["none", "balanced"] = option(
-        "none", "Loss weights per class: none | balanced (inverse class frequency)"
+    class_weights: Literal["none", "balanced"] = option(  # measured: docs/labelsets.md
+        "balanced", "Loss weights per label: balanced (inverse label frequency) | none"
     )
     encoding: NonEmpty | None = option(None, "File encoding (default: detect UTF-8/BOM/UTF-16/GBK)")
     dev_fraction: float = option(
@@ -166,9 +171,12 @@ class TrainConfig(BaseModel):
             raise UserError(describe(e, "option")) from None
 
     @classmethod
-    def from_sources(cls, config_file: str | Path | None = None, **overrides) -> TrainConfig:
-        """Defaults, then the YAML file, then every override that is not None."""
-        values: dict = {}
+    def from_sources(
+        cls, config_file: str | Path | None = None, recorded: bool = False, **overrides
+    ) -> TrainConfig:
+        """Defaults, then the YAML file, then every override that is not None. ``recorded``:
+        the file is a run's own record, so options it predates keep their value of the time."""
+        values: dict = dict(BEFORE_FIELDS) if recorded else {}
         if config_file:
             try:
                 loaded = yaml.safe_load(Path(config_file).read_text(encoding="utf-8")) or {}

@@ -22,11 +22,14 @@ def evaluate(
     batch_size: int = 16,
     reliability: Path | None = None,
     label_map: dict[str, str | None] | None = None,
+    confusion: Path | None = None,
 ) -> dict:
     """Metrics of ``clf`` on ``data``, calibration before and after the run's temperature;
-    with ``strip`` the emoticons are removed first; ``reliability``: a PNG diagram there.
+    with ``strip`` the emoticons are removed first; ``reliability``: a PNG diagram there
+    (P(second label) for two labels, the predicted label's probability for more);
+    ``confusion``: the confusion matrix, labels named, as a PNG there.
     The file's labels must be the run's (names, or ids in the run's order), after
-    ``label_map``; a row with another is refused, naming it."""
+    ``label_map``; a row with another is refused, naming it, before anything is written."""
     examples = read_labelled(
         data, text_column, label_column, encoding, labels=clf.labels, label_map=label_map,
         labels_from="the run's labels",
@@ -37,15 +40,22 @@ def evaluate(
     probs = softmax(logits)
     metrics = classification_metrics(labels, probs, clf.labels)
     temperature = clf.info.temperature  # already in the head: logits * T are the raw ones
+    before = softmax(logits * temperature)
     metrics["calibration"] = {
         "temperature": temperature,
-        "before": calibration_metrics(labels, softmax(logits * temperature)),
+        "before": calibration_metrics(labels, before),
         "after": calibration_metrics(labels, probs),
     }
     metrics.update({"data": str(data), "run": str(clf.run), "strip_emoticons": strip})
     if reliability is not None:
         from .report import plot_reliability
 
-        before = softmax(logits * temperature)
-        metrics["reliability_png"] = str(plot_reliability(labels, before, probs, reliability))
+        path = plot_reliability(labels, before, probs, reliability, clf.labels)
+        metrics["reliability_png"] = str(path)
+    if confusion is not None:
+        from .report import plot_confusion
+
+        title = f"{Path(clf.run).name} on {Path(data).name} (rows true, columns predicted)"
+        cm = metrics["confusion_matrix"]
+        metrics["confusion_png"] = str(plot_confusion(cm, clf.labels, confusion, title))
     return metrics

@@ -38,7 +38,12 @@ class Prediction:
 
 
 class SentimentClassifier:
-    """A trained run folder, loaded for prediction; lora/adapter runs can share one base."""
+    """A trained run folder, loaded for prediction; lora/adapter runs can share one base.
+
+    Adapters on one base may predict different label sets (a binary task, a three-way one,
+    six emotions): each answers with its own head and labels (``labels_of``); ``labels`` and
+    ``info`` are the active adapter's (a single model's own without adapters).
+    """
 
     def __init__(
         self,
@@ -53,9 +58,9 @@ class SentimentClassifier:
         self.bank = bank
         self.precision = precision
         self.tokenizer = tokenizer  # carries the run's rules: max length, no token_type_ids
-        self.info = info
+        self._info = info  # the loaded run's record: its base, and a single model's labels
+        self._infos: dict[str, RunInfo] = {}  # each loaded adapter's record
         self.run = run
-        self.labels = list(info.labels)
         self.max_length = int(tokenizer.model_max_length)
         # Padded tokens per forward pass (rows × width, features.token_budget_batches): on a CPU
         # 512 was fastest for a sorted mix of real posts (GPT-2 small, 2 cores: 512 ≥ 1024 >
@@ -138,17 +143,23 @@ class SentimentClassifier:
         info = runfolder.read_info(run)
         if not allow_incomplete:
             runfolder.require_complete(run, info)
-        mine = self.info.base.fingerprint
+        mine = self._info.base.fingerprint
         if info.base.fingerprint and mine and not runfolder.same_base(info.base.fingerprint, mine):
             raise UserError(
                 f"{run} was trained on a different base ({info.base.fingerprint}) than the "
                 f"loaded one ({mine})"
             )
-        if info.labels != self.labels:
-            raise UserError(f"{run} has labels {info.labels}, the loaded ones {self.labels}")
         self._check_same_tokenizer(run, info)
+        if name in self.bank.kinds:
+            raise UserError(f"an adapter called '{name}' is already loaded")
         self._copies.clear()  # they stand for the weights before this adapter
-        self.bank.add(name, run, info.method)
+        # its record first: a server's listing (another thread) never finds it without labels
+        self._infos[name] = info
+        try:  # any label set: the adapter brings its own head, as wide as its labels
+            self.bank.add(name, run, info.method, len(info.labels))
+        except BaseException:
+            del self._infos[name]
+            raise
 
     def _check_same_tokenizer(self, run: Path, info: RunInfo) -> None:
         """Adapters share the loaded tokenizer: one that splits or pads otherwise is refused."""
@@ -172,6 +183,7 @@ class SentimentClassifier:
         """Unload ``name``: its weights go, the base stays as it was before loading it."""
         self._copies.clear()
         self._require_bank().remove(name)
+        self._infos.pop(name, None)
         if self.merge_single:
             self.bank.merge()
 
@@ -182,6 +194,29 @@ class SentimentClassifier:
     @property
     def active_adapter(self) -> str | None:
         return self.bank.active if self.bank else None
+
+    def info_of(self, name: str | None = None) -> RunInfo:
+        """The run record of adapter ``name`` (default: the active one; without adapters the
+        loaded run's)."""
+        if self.bank is None or (name is None and self.bank.active is None):
+            if name is not None:
+                raise UserError("this classifier has no adapters to choose from")
+            return self._info
+        name = name or self.bank.active
+        self.bank.require(name)
+        return self._infos[name]
+
+    def labels_of(self, name: str | None = None) -> list[str]:
+        """The labels adapter ``name`` predicts, in its head's order (default: the active one)."""
+        return list(self.info_of(name).labels)
+
+    @property
+    def info(self) -> RunInfo:
+        return self.info_of()
+
+    @property
+    def labels(self) -> list[str]:
+        return self.labels_of()
 
     def _require_bank(self) -> AdapterBank:
         if self.bank is None:
@@ -204,10 +239,16 @@ class SentimentClassifier:
 
         ``adapter``: one name for all texts, or one per text (rows for different LoRA
         adapters share forward passes). 16 is the CPU optimum for GPT-2 small (benchmark).
+
+        Rows answered by adapters of different label sets differ in width: row i holds
+        ``len(labels_of(adapter[i]))`` logits, in that adapter's label order, and the columns
+        past them are -inf (a softmax gives them probability 0, argmax never picks them). When
+        every row has the same width the array is exactly that wide.
         """
         ids, truncated = encode(self.tokenizer, texts)
         names = self._row_adapters(adapter, len(ids))
-        logits = np.zeros((len(ids), len(self.labels)), dtype=np.float32)
+        width = max((len(self.labels_of(n)) for n in set(names)), default=len(self.labels))
+        logits = np.full((len(ids), width), -np.inf, dtype=np.float32)
         pad = self.tokenizer.pad_token_id
         for group in self._groups(names):
             lengths = [len(ids[i]) for i in group]
@@ -217,7 +258,8 @@ class SentimentClassifier:
                 # per-shape caches (oneDNN) and the allocator's pools from growing (bulk RSS)
                 batch = pad_batch([ids[i] for i in idx], pad, multiple=8)
                 batch = {k: v.to(self.device) for k, v in batch.items()}
-                logits[idx] = self._forward(batch, [names[i] for i in idx]).float().cpu().numpy()
+                out = self._forward(batch, [names[i] for i in idx]).float().cpu().numpy()
+                logits[idx, : out.shape[1]] = out
         return logits, truncated
 
     def _forward(self, batch: dict, names: list[str | None]) -> torch.Tensor:
@@ -268,17 +310,22 @@ class SentimentClassifier:
         return names
 
     def _groups(self, names: list[str | None]) -> list[list[int]]:
-        """Rows that can share forward passes: all LoRA rows together, each other adapter alone."""
+        """Rows that can share forward passes: LoRA rows whose heads are equally wide together
+        (PEFT's mixed batch stacks the heads' outputs), each other adapter alone."""
         kinds = self.bank.kinds if self.bank else {}
-        groups: dict[str | None, list[int]] = {}
+        groups: dict[tuple, list[int]] = {}
+        widths = {n: len(self.labels_of(n)) for n in set(names)}
         for i, name in enumerate(names):
-            key = "lora:" if kinds.get(name) == "lora" and not self.bank.merged else name
+            lora = kinds.get(name) == "lora" and not self.bank.merged
+            key = ("lora", widths[name]) if lora else ("one", name)
             groups.setdefault(key, []).append(i)
         return list(groups.values())
 
     def predict_proba(
         self, texts: list[str], batch_size: int = 16, adapter: str | list[str] | None = None
     ) -> np.ndarray:
+        """Probabilities per row, in the answering adapter's label order; with adapters of
+        different label sets, the columns past a row's labels are 0 (see predict_logits)."""
         logits, _ = self.predict_logits(list(texts), batch_size, adapter)
         return torch.from_numpy(logits).softmax(-1).numpy()
 
@@ -307,17 +354,23 @@ class SentimentClassifier:
             )
             probs = torch.from_numpy(logits).softmax(-1).numpy()
             for j, i in enumerate(keep):
-                k = int(probs[j].argmax())
-                out[i] = Prediction(
-                    self.labels[k],
-                    self.info.labels_zh[k],
-                    float(probs[j, k]),
-                    {name: float(p) for name, p in zip(self.labels, probs[j])},
-                    truncated[j],
-                    names[i],
-                    [float(x) for x in logits[j]],
-                )
+                out[i] = self._prediction(logits[j], probs[j], truncated[j], names[i])
         return out
+
+    def _prediction(self, logits, probs, truncated: bool, name: str | None) -> Prediction:
+        """One row's answer in the labels of the adapter that gave it (its own width)."""
+        info = self.info_of(name)
+        width = len(info.labels)
+        k = int(probs[:width].argmax())
+        return Prediction(
+            info.labels[k],
+            info.labels_zh[k],
+            float(probs[k]),
+            {label: float(p) for label, p in zip(info.labels, probs[:width])},
+            truncated,
+            name,
+            [float(x) for x in logits[:width]],
+        )
 
 
 def is_valid_unicode(text: str) -> bool:
@@ -340,13 +393,28 @@ def check_unicode(texts: list[str]) -> None:
             ) from None
 
 
-def format_console(pred: Prediction, max_length: int) -> str:
+def format_console(pred: Prediction, max_length: int, names_zh: dict | None = None) -> str:
+    """The console's answer: the label and its probability; with more than two labels a second
+    line has every label's probability (shown by ``names_zh``, label -> display name)."""
     if pred.label is None:
         return "请输入要分析的文本 (输入为空)"
-    line = f"预测结果: {pred.label_zh}情感 (置信度: {pred.score:.4f})"
+    if len(pred.probabilities) == 2:  # the binary task, worded as always
+        line = f"预测结果: {pred.label_zh}情感 (置信度: {pred.score:.4f})"
+    else:
+        line = f"预测结果: {pred.label_zh} (置信度: {pred.score:.4f})"
     if pred.truncated:
         line += f"  [文本超过 {max_length} 个词元，已截断]"
+    if len(pred.probabilities) > 2:
+        names_zh = names_zh or {}
+        shown = (f"{names_zh.get(n, n)} {p:.4f}" for n, p in pred.probabilities.items())
+        line += "\n  各类概率: " + ", ".join(shown)
     return line
+
+
+def display_names(clf: SentimentClassifier, name: str | None) -> dict[str, str]:
+    """label -> its display name (run.json's labels_zh) for the adapter ``name``."""
+    info = clf.info_of(name)
+    return dict(zip(info.labels, info.labels_zh))
 
 
 def load_classifier(
@@ -405,7 +473,9 @@ def console(clf: SentimentClassifier, stdin=None, stdout=None) -> None:
             print(console_command(clf, text), file=stdout)
             continue
         try:
-            print(format_console(clf.predict([text])[0], clf.max_length), file=stdout)
+            pred = clf.predict([text])[0]
+            names_zh = display_names(clf, pred.adapter)
+            print(format_console(pred, clf.max_length, names_zh), file=stdout)
         except UserError as e:  # one bad line, not the end of the session
             print(f"error: {e}", file=stdout)
     print("\n再见!", file=stdout)

@@ -90,9 +90,11 @@ class TEIRequest(BaseModel):
         return out
 
 
-def label_scores(pred, labels: list[str], function: str, top_k: int | None = None) -> list[dict]:
-    """[{label, score}] best first: probabilities (softmax of the calibrated head), the raw
-    logits ("none"), or each logit's sigmoid, as transformers' pipeline computes them."""
+def label_scores(pred, function: str, top_k: int | None = None) -> list[dict]:
+    """[{label, score}] best first, for every label of the adapter that answered: probabilities
+    (softmax of the calibrated head), the raw logits ("none"), or each logit's sigmoid, as
+    transformers' pipeline computes them."""
+    labels = list(pred.probabilities)  # the answering adapter's labels, in its head's order
     if function == "none":
         values = pred.logits
     elif function == "sigmoid":
@@ -436,7 +438,8 @@ def create_app(
         title="weibo-senti",
         version="1",
         lifespan=lifespan(clf, state, batching),
-        description="Weibo sentiment (negative/positive) from a fine-tuned GPT-2.",
+        description="Weibo posts classified by fine-tuned GPT-2 adapters, each with its own "
+        "label set (sentiment, emotions...).",
     )
     app.state.telemetry = telemetry
     app.add_middleware(BodyLimit, limit=MAX_BODY)
@@ -579,7 +582,8 @@ def add_info_routes(app, clf, state: dict) -> None:
 
     @app.get("/v1/adapters")
     async def list_adapters():
-        """Loaded adapters, the default one, and for each its kind, source and requests."""
+        """Loaded adapters, the default one and its labels, and for each adapter its kind,
+        labels (and their display names), source and requests."""
         return state["adapters"].listing()
 
     @app.get("/", response_class=HTMLResponse)
@@ -641,7 +645,7 @@ def add_prediction_routes(app, clf, state: dict) -> None:
             return preds
         params = body.parameters or InferenceParameters()
         function = params.function_to_apply or "softmax"
-        return [label_scores(p, clf.labels, function, params.top_k) for p in preds]
+        return [label_scores(p, function, params.top_k) for p in preds]
 
     @app.post("/predict")
     async def tei_predict(body: TEIRequest):
@@ -654,7 +658,7 @@ def add_prediction_routes(app, clf, state: dict) -> None:
         if isinstance(preds, JSONResponse):
             return preds
         function = "none" if body.raw_scores else "softmax"
-        answers = [label_scores(p, clf.labels, function) for p in preds]
+        answers = [label_scores(p, function) for p in preds]
         return answers[0] if isinstance(body.inputs, str) else answers
 
 

@@ -134,19 +134,28 @@ class RuntimeAdapters:
         return next((n for n in self.clf.adapters if n not in self.closing), None)
 
     def listing(self) -> dict:
+        """Adapters that take requests, the default, the labels the default answers with
+        (a single model's own), and per adapter its kind, labels, source and requests."""
+        default = self.default()
+        info = self.clf.info_of(default)
         return {
             "adapters": [n for n in self.clf.adapters if n not in self.closing],
-            "default": self.default(),
+            "default": default,
+            "labels": list(info.labels),
+            "labels_zh": list(info.labels_zh),
             "max_adapters": self.max_adapters,
-            "details": {
-                name: {
-                    "kind": self.clf.bank.kinds[name],
-                    "source": self.sources.get(name),
-                    "in_flight": self.in_flight.get(name, 0),
-                    "unloading": name in self.closing,
-                }
-                for name in (self.clf.adapters if self.clf.bank else [])
-            },
+            "details": {name: self._details(name) for name in self.clf.adapters},
+        }
+
+    def _details(self, name: str) -> dict:
+        info = self.clf.info_of(name)
+        return {
+            "kind": self.clf.bank.kinds[name],
+            "labels": list(info.labels),
+            "labels_zh": list(info.labels_zh),
+            "source": self.sources.get(name),
+            "in_flight": self.in_flight.get(name, 0),
+            "unloading": name in self.closing,
         }
 
     # ------------------------------------------------------------------ admin
@@ -169,7 +178,8 @@ class RuntimeAdapters:
             self.sources[name] = relative
             evicted = await self._evict(keep=name)
             self._count(len(evicted))  # evictions: counted here, the gauge in _remove
-        return {"loaded": name, "kind": self.clf.bank.kinds[name], "evicted": evicted}
+        kind, labels = self.clf.bank.kinds[name], self.clf.labels_of(name)
+        return {"loaded": name, "kind": kind, "labels": labels, "evicted": evicted}
 
     async def unload(self, name: str) -> dict:
         async with self.admin:
