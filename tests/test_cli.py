@@ -209,7 +209,10 @@ def test_label_only_file_and_directories_are_refused(cli_runs, tmp_path):
     "content, message",
     [
         ("label,review\n1,好\n0,差\n", "2 training rows are too few"),
-        ("label,review\n" + "1,好\n" * 30, "all 30 training rows are label 1, none 0"),
+        (
+            "label,review\n" + "1,好\n" * 30,
+            "no training rows are label negative (the rows are positive (30))",
+        ),
     ],
 )
 def test_training_data_that_cannot_teach_is_refused_first(tiny_base, tmp_path, content, message):
