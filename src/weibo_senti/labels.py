@@ -78,7 +78,7 @@ def parse_map(value) -> dict[str, str | None] | None:
     an empty name drops the rows); a dict from a YAML config is taken as it is."""
     if value is None or isinstance(value, dict):
         pairs = value
-    elif Path(value).suffix.lower() in (".yaml", ".yml", ".json") or Path(value).is_file():
+    elif _names_a_file(str(value)):
         pairs = _map_file(Path(value))
     else:
         pairs = {}
@@ -98,6 +98,15 @@ def parse_map(value) -> dict[str, str | None] | None:
     if not out:
         raise ValueError("the label map is empty")
     return out
+
+
+def _names_a_file(value: str) -> bool:
+    if Path(value).suffix.lower() in (".yaml", ".yml", ".json"):
+        return True
+    try:
+        return "=" not in value and Path(value).is_file()
+    except (OSError, ValueError):  # a name too long, a NUL: not a file, so a spec
+        return False
 
 
 def _map_file(path: Path) -> dict:
