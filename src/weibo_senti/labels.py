@@ -61,6 +61,8 @@ def parse_names(value) -> list[str] | None:
     than two, duplicated or empty."""
     if value is None:
         return None
+    if not isinstance(value, (str, list, tuple)):
+        raise ValueError("labels must be names: a,b,c or a list")
     items = [value] if isinstance(value, str) else list(value)
     names = [part.strip() for item in items for part in str(item).split(",")]
     if any(not n for n in names):
@@ -76,6 +78,8 @@ def parse_names(value) -> list[str] | None:
 def parse_map(value) -> dict[str, str | None] | None:
     """``--label-map``: ``old=new,old2=new2,dropped=`` or a YAML file of ``old: new`` (null or
     an empty name drops the rows); a dict from a YAML config is taken as it is."""
+    if value is not None and not isinstance(value, (str, dict)):
+        raise ValueError("a label map is old=new,... or a YAML file of old: new")
     if value is None or isinstance(value, dict):
         pairs = value
     elif _names_a_file(str(value)):

@@ -526,10 +526,15 @@ def train_step(s: Setup, batch: dict) -> tuple[float, int]:
     """One optimizer step on this process's share of a global batch; (mean loss, posts)."""
     acc = s.accelerator
     batch = {k: v.to(acc.device) for k, v in batch.items()}
-    local = torch.tensor(len(batch["labels"]), device=acc.device)
-    total = acc.reduce(local, "sum")
-    # Processes' gradients are averaged: weigh each share by its size, so the step is the
-    # global batch's mean loss even when the shares differ (1.0 exactly in one process).
+    posts = acc.reduce(torch.tensor(len(batch["labels"]), device=acc.device), "sum")
+    # Processes' gradients are averaged: weigh each share by its weight (its size, or its
+    # class weights' sum: each share's loss is its weighted mean), so the step is the global
+    # batch's weighted mean loss even when the shares differ (1.0 exactly in one process).
+    if s.class_weight is None:
+        local = torch.tensor(float(len(batch["labels"])), device=acc.device)
+    else:
+        local = s.class_weight[batch["labels"]].sum()
+    total = acc.reduce(local.clone(), "sum")
     loss = step_loss(s.model, batch, s.cfg.label_smoothing, s.class_weight)
     loss = loss * (local * acc.num_processes / total)
     acc.backward(loss)
@@ -538,7 +543,7 @@ def train_step(s: Setup, batch: dict) -> tuple[float, int]:
     s.optimizer.step()
     s.scheduler.step()
     s.optimizer.zero_grad(set_to_none=True)
-    return acc.reduce(loss.detach(), "mean").item(), int(total)
+    return acc.reduce(loss.detach(), "mean").item(), int(posts)
 
 
 def step_loss(
