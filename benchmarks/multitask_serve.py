@@ -18,9 +18,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import json
-import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,6 +26,7 @@ import time
 from pathlib import Path
 
 import httpx
+from _server import REQUEST_TIMEOUT_S, start_server, stop  # same folder
 
 TASKS = ("binary", "three", "six")
 POSTS = [
@@ -42,42 +41,10 @@ POSTS = [
 ]
 
 
-# a request not answered within this is a failure of the server (a hang), not a slow answer
-REQUEST_TIMEOUT_S = float(os.environ.get("MULTITASK_TIMEOUT_S", "300"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start(args: list[str], precision: str) -> tuple[subprocess.Popen, str]:
     """`weibo-senti serve ARGS` on a free port, once /health answers."""
-    port = free_port()
-    cmd = [sys.executable, "-m", "weibo_senti.cli", "serve", *args, "--port", str(port)]
-    cmd += ["--precision", precision]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(3000):
-        if proc.poll() is not None:
-            raise RuntimeError(f"serve exited with {proc.returncode}: {proc.stderr.read()[-2000:]}")
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError(f"serve did not start: {' '.join(cmd)}")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    cmd = ["-m", "weibo_senti.cli", "serve", *args, "--precision", precision]
+    return start_server(cmd, "serve", tries=3000)
 
 
 def rss_mb(pid: int) -> float:

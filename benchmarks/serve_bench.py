@@ -14,7 +14,6 @@ import argparse
 import concurrent.futures
 import json
 import logging
-import socket
 import statistics
 import subprocess
 import sys
@@ -23,14 +22,9 @@ import time
 from pathlib import Path
 
 import httpx
+from _server import REQUEST_TIMEOUT_S, start_server, stop  # same folder
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 SERVERS = {
@@ -42,19 +36,7 @@ SERVERS = {
 
 
 def start(run: Path, server: str) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    cmd = [sys.executable] + [a.format(run=run) for a in SERVERS[server]] + ["--port", str(port)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(1200):
-        if proc.poll() is not None:
-            raise RuntimeError(f"{server} exited with {proc.returncode}: {' '.join(cmd)}")
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{server} did not start")
+    return start_server([a.format(run=run) for a in SERVERS[server]], server, tries=1200)
 
 
 def load(url: str, texts: list[str], clients: int, requests: int) -> dict:
@@ -63,7 +45,7 @@ def load(url: str, texts: list[str], clients: int, requests: int) -> dict:
 
     def client(c: int) -> list[tuple[float, int]]:
         out = []
-        with httpx.Client(timeout=300) as http:
+        with httpx.Client(timeout=REQUEST_TIMEOUT_S) as http:
             for i in range(c, requests, clients):
                 t0 = time.perf_counter()
                 r = http.post(url + "/v1/predict", json={"texts": [texts[i % len(texts)]]})
@@ -122,8 +104,7 @@ def main() -> None:
                 rows.append(row)
                 print(json.dumps(row), flush=True)
         finally:
-            proc.terminate()
-            proc.wait(timeout=60)
+            stop(proc)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(rows, indent=2))
     plot(rows, Path(args.out).with_suffix(".png"))

@@ -87,17 +87,11 @@ def neural(cfg: TrainConfig, task: str) -> dict:
 
 def tfidf(cfg: TrainConfig, task: str) -> dict:
     """The same training rows as the neural runs (load_splits with the same seed and sample)."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-
+    from weibo_senti.compare import tfidf_pipeline
     from weibo_senti.data import read_labelled
 
     train_set, _ = load_splits(cfg)
-    pipe = make_pipeline(  # compare's baseline, the same settings
-        TfidfVectorizer(analyzer="char", ngram_range=(1, 3), min_df=2, sublinear_tf=True),
-        LogisticRegression(max_iter=2000, C=4.0),
-    )
+    pipe = tfidf_pipeline(cfg.class_weights)  # compare's baseline
     pipe.fit(train_set.texts, train_set.labels)
     test = read_labelled(DATA / "eval_emotion.csv", labels=train_set.names, label_map=cfg.label_map)
     m = classification_metrics(test.labels, pipe.predict_proba(test.texts), train_set.names)

@@ -80,22 +80,42 @@ def write_labelled(path: Path, n: int, seed: int, groups: dict[str, list[str]]) 
     return path
 
 
+def labelled_files(
+    folder: Path, groups: dict[str, list[str]], n: tuple[int, int], seed: int
+) -> tuple[Path, Path]:
+    """train.csv and dev.csv (``n`` rows each; seeds ``seed`` and ``seed + 1``) in ``folder``."""
+    return (
+        write_labelled(folder / "train.csv", n[0], seed, groups),
+        write_labelled(folder / "dev.csv", n[1], seed + 1, groups),
+    )
+
+
 @pytest.fixture(scope="session")
 def three_way_files(tmp_path_factory) -> tuple[Path, Path]:
-    folder = tmp_path_factory.mktemp("three-way")
-    return (
-        write_labelled(folder / "train.csv", 480, 3, THREE_WAY),
-        write_labelled(folder / "dev.csv", 150, 4, THREE_WAY),
-    )
+    return labelled_files(tmp_path_factory.mktemp("three-way"), THREE_WAY, (480, 150), 3)
 
 
 @pytest.fixture(scope="session")
 def emotion_files(tmp_path_factory) -> tuple[Path, Path]:
-    folder = tmp_path_factory.mktemp("emotions")
-    return (
-        write_labelled(folder / "train.csv", 600, 5, EMOTIONS),
-        write_labelled(folder / "dev.csv", 180, 6, EMOTIONS),
+    return labelled_files(tmp_path_factory.mktemp("emotions"), EMOTIONS, (600, 180), 5)
+
+
+def adapter_flags(runs: dict[str, Path]) -> list[str]:
+    """`--adapter NAME=RUN` for each of ``runs``, at fp32: the CLI's many-adapter arguments."""
+    flags = [x for name, run in runs.items() for x in ("--adapter", f"{name}={run}")]
+    return [*flags, "--precision", "fp32"]
+
+
+def record_forward_calls(clf, monkeypatch) -> list:
+    """The ``adapter_names`` of every forward pass of ``clf``'s bank model, as they happen."""
+    calls = []
+    forward = clf.bank.model.forward
+    monkeypatch.setattr(
+        clf.bank.model,
+        "forward",
+        lambda *a, **k: calls.append(k.get("adapter_names")) or forward(*a, **k),
     )
+    return calls
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import train_config, write_task
+from conftest import record_forward_calls, train_config, write_task
 
 from weibo_senti import SentimentClassifier, UserError
 from weibo_senti.train import train
@@ -109,13 +109,7 @@ def test_mixed_batch_equals_per_adapter_results(trained_runs, flipped_run):
 def test_one_lora_pass_serves_rows_of_several_adapters(trained_runs, flipped_run, monkeypatch):
     clf = load(trained_runs["lora"], name="weibo")
     clf.add_adapter("flip", flipped_run)
-    calls = []
-    forward = clf.bank.model.forward
-    monkeypatch.setattr(
-        clf.bank.model,
-        "forward",
-        lambda *a, **k: calls.append(k.get("adapter_names")) or forward(*a, **k),
-    )
+    calls = record_forward_calls(clf, monkeypatch)
     clf.predict_logits(TEXTS, adapter=["weibo", "flip", "weibo", "flip"])
     assert len(calls) == 1  # four rows, two adapters, one forward pass
     ids = clf.bank.ids

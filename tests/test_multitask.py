@@ -12,7 +12,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import train_config
+from conftest import adapter_flags, record_forward_calls, train_config
 
 from weibo_senti import SentimentClassifier, UserError
 from weibo_senti.train import train
@@ -125,13 +125,7 @@ def test_labels_are_the_active_adapters_and_each_adapters_on_request(many, label
 
 def test_lora_rows_share_a_pass_per_head_width(many, label_runs, monkeypatch):
     many.add_adapter("three-again", label_runs("three", "lora"))  # another 3-wide LoRA head
-    calls = []
-    forward = many.bank.model.forward
-    monkeypatch.setattr(
-        many.bank.model,
-        "forward",
-        lambda *a, **k: calls.append(k.get("adapter_names")) or forward(*a, **k),
-    )
+    calls = record_forward_calls(many, monkeypatch)
     names = ["two", "three", "six", "three-again", "two", "three-again"]
     logits = many.predict_logits(TEXTS, adapter=names)[0]
     assert len(calls) == 3  # one pass per width: 2, 3 and 6 outputs
@@ -199,16 +193,13 @@ def cli(*args):
 
 
 def specs(label_runs) -> list[str]:
-    return [
-        "--adapter",
-        f"two={label_runs('two', 'lora')}",
-        "--adapter",
-        f"six={label_runs('six', 'lora')}",
-        "--adapter",
-        f"three={label_runs('three', 'adapter')}",
-        "--precision",
-        "fp32",
-    ]
+    return adapter_flags(
+        {
+            "two": label_runs("two", "lora"),
+            "six": label_runs("six", "lora"),
+            "three": label_runs("three", "adapter"),
+        }
+    )
 
 
 def test_cli_text_shows_every_probability_of_the_chosen_task(label_runs, alone):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import make_text
+from conftest import adapter_flags, make_text
 
 
 @dataclass
@@ -116,14 +116,7 @@ def stopped_gracefully(server: Server) -> bool:
 
 
 def adapter_args(trained_runs) -> list[str]:
-    return [
-        "--adapter",
-        f"weibo={trained_runs['lora']}",
-        "--adapter",
-        f"bottleneck={trained_runs['adapter']}",
-        "--precision",
-        "fp32",
-    ]
+    return adapter_flags({"weibo": trained_runs["lora"], "bottleneck": trained_runs["adapter"]})
 
 
 @pytest.fixture(scope="module")

@@ -141,23 +141,29 @@ def run_neural(cfg: TrainConfig, extra: dict[str, Examples], infer_texts: int) -
     return row
 
 
-def run_tfidf(cfg: TrainConfig, extra: dict[str, Examples], infer_texts: int) -> dict:
+def tfidf_pipeline(class_weights: str = "none"):
     """Character 1-3-gram TF-IDF + logistic regression (multinomial for more than two labels;
-    classes balanced with ``--class-weights balanced``) on exactly the same splits."""
-    import pickle
-
+    classes balanced with ``class_weights="balanced"``), unfitted: the baseline's settings."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
 
-    from .train import load_splits
-
-    train_set, dev = load_splits(cfg)
-    balanced = "balanced" if cfg.class_weights == "balanced" else None
-    pipe = make_pipeline(
+    balanced = "balanced" if class_weights == "balanced" else None
+    return make_pipeline(
         TfidfVectorizer(analyzer="char", ngram_range=(1, 3), min_df=2, sublinear_tf=True),
         LogisticRegression(max_iter=2000, C=4.0, class_weight=balanced),
     )
+
+
+def run_tfidf(cfg: TrainConfig, extra: dict[str, Examples], infer_texts: int) -> dict:
+    """``tfidf_pipeline`` (classes balanced with ``--class-weights balanced``) on exactly the
+    same splits."""
+    import pickle
+
+    from .train import load_splits
+
+    train_set, dev = load_splits(cfg)
+    pipe = tfidf_pipeline(cfg.class_weights)
     t0 = time.perf_counter()
     pipe.fit(train_set.texts, train_set.labels)
     wall = time.perf_counter() - t0
