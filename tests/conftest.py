@@ -164,7 +164,7 @@ def train_config(method, base, train, dev, out, **kw):
     values = dict(
         method=method,
         base_model=str(base),
-        data=str(train),
+        data=[str(t) for t in train] if isinstance(train, list) else str(train),
         dev_data=str(dev),
         out=str(out),
         epochs=4,

@@ -73,14 +73,15 @@ def common(
     """Fine-tune a Chinese GPT-2 for Weibo sentiment (or any label set) and use it."""
 
 
-def config_options() -> list[inspect.Parameter]:
-    """One flag per TrainConfig field: name, type, help and default come from the config."""
+def config_options(schema=None) -> list[inspect.Parameter]:
+    """One flag per field of ``schema`` (TrainConfig by default): name, type, help and default
+    come from the config."""
     import typing
 
     from .config import TrainConfig
 
     params = []
-    for name, f in TrainConfig.model_fields.items():
+    for name, f in (schema or TrainConfig).model_fields.items():
         kind = f.annotation
         if type(None) in typing.get_args(kind):  # `X | None`: the flag is an X
             kind = next(a for a in typing.get_args(kind) if a is not type(None))
@@ -149,39 +150,122 @@ def train(
     typer.echo(f"run saved to {clf.run}")
 
 
-def _register_train() -> None:
-    extra = [
-        inspect.Parameter(
-            "config",
-            inspect.Parameter.KEYWORD_ONLY,
-            default=None,
-            annotation=Annotated[
-                Path | None,
-                Opt(
-                    help="YAML file of options (e.g. a run's hyperparameters.yaml); flags override it"
-                ),
-            ],
+def run_flags(command: str) -> list[inspect.Parameter]:
+    """--config, --resume and --overwrite of a command that writes a folder as it trains."""
+    what = "run" if command == "train" else "base"
+
+    def flag(name, kind, default, help):
+        return inspect.Parameter(
+            name, inspect.Parameter.KEYWORD_ONLY, default=default,
+            annotation=Annotated[kind, Opt(help=help)],
+        )  # fmt: skip
+
+    return [
+        flag(
+            "config", Path | None, None,
+            f"YAML file of options (e.g. a {what}'s recorded options); flags override it",
         ),
-        inspect.Parameter(
-            "resume",
-            inspect.Parameter.KEYWORD_ONLY,
-            default=False,
-            annotation=Annotated[bool, Opt(help="Continue the interrupted run in --out")],
-        ),
-        inspect.Parameter(
-            "overwrite",
-            inspect.Parameter.KEYWORD_ONLY,
-            default=False,
-            annotation=Annotated[bool, Opt(help="Replace an existing run in --out")],
-        ),
-    ]
-    params = config_options() + extra
-    train.__signature__ = inspect.Signature(params)
-    train.__annotations__ = {p.name: p.annotation for p in params}
-    app.command("train")(train)
+        flag("resume", bool, False, f"Continue the interrupted {what} in --out"),
+        flag("overwrite", bool, False, f"Replace an existing {what} in --out"),
+    ]  # fmt: skip
 
 
-_register_train()
+def _register(command, name: str, schema=None) -> None:
+    """``command``'s flags: one per config field, then --config, --resume, --overwrite."""
+    params = config_options(schema) + run_flags(name)
+    command.__signature__ = inspect.Signature(params)
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    app.command(name)(command)
+
+
+_register(train, "train")
+
+
+def pretrain(
+    config: Path | None = None, resume: bool = False, overwrite: bool = False, **options
+) -> None:
+    """Continue pretraining a GPT-2 base on unlabelled posts into a new base folder."""
+    import yaml
+
+    from .pretrain import SETTINGS, PretrainConfig
+    from .pretrain import pretrain as run_pretraining
+
+    values = {}
+    if resume:  # as it was configured; only where the base and the data lie may change
+        out = Path(options["out"] or PretrainConfig.model_fields["out"].default)
+        moved = ("out", "base_model", "data")
+        given = [k for k, v in options.items() if v is not None and k not in moved]
+        if given or config:
+            raise UserError(f"--resume continues {out} as it was configured; drop the other flags")
+        config = out / SETTINGS if (out / SETTINGS).is_file() else None
+    if config:
+        try:
+            values = yaml.safe_load(Path(config).read_text(encoding="utf-8")) or {}
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+            raise UserError(f"cannot read config file {config}: {e}") from None
+    values.update({k: v for k, v in options.items() if v is not None})
+    cfg = PretrainConfig.checked(**values)
+    try:
+        record = run_pretraining(cfg, resume=resume, overwrite=overwrite)
+    except KeyboardInterrupt:
+        typer.echo(
+            f"\ninterrupted: continue with weibo-senti pretrain --resume --out {cfg.out}", err=True
+        )
+        raise typer.Exit(130) from None
+    typer.echo(
+        f"base saved to {cfg.out}: perplexity {record['perplexity_before']:.2f} -> "
+        f"{record['perplexity_after']:.2f} after {record['tokens_seen']:,} tokens"
+    )
+
+
+def _register_pretrain() -> None:
+    from .config import PretrainConfig
+
+    _register(pretrain, "pretrain", PretrainConfig)
+
+
+_register_pretrain()
+
+
+@app.command("select")
+def select_posts(
+    run: Annotated[Path, typer.Argument(help="Run folder whose uncertainty ranks the posts")],
+    pool: Annotated[str, Opt(help="Unlabelled posts: a file, folder or glob")],
+    out: Annotated[Path, Opt(help="Posts to label: .csv, .tsv, .jsonl or .parquet")],
+    n: Annotated[int, Opt(help="How many posts to choose")] = 500,
+    strategy: Annotated[str, Opt(help="margin | entropy")] = "margin",
+    diversity: Annotated[
+        str, Opt(help="kmeans (one post per cluster of the model's features) | none")
+    ] = "kmeans",
+    candidates: Annotated[
+        int, Opt(help="The most uncertain N × this many posts go to the diversity step")
+    ] = 10,
+    text_column: Annotated[
+        str | None, Opt(help="Text column (default: review, text or content)")
+    ] = None,
+    label_column: Annotated[str, Opt(help="Name of the empty column to fill in")] = "label",
+    encoding: Encoding = None,
+    base_model: RunBase = None,
+    batch_size: BatchSize = 16,
+    seed: Annotated[int, Opt(help="Seed of the clustering")] = 42,
+    overwrite: Annotated[bool, Opt(help="Replace --out if it exists")] = False,
+) -> None:
+    """Choose the posts of a pool most worth labelling (active learning)."""
+    from .selection import Request, select
+
+    req = Request(
+        run, pool, n, out, strategy, diversity, candidates, text_column, label_column,
+        encoding, batch_size, seed, base_model, overwrite,
+    )  # fmt: skip
+    summary = select(req)
+    lo, hi = summary["uncertainty_range"]
+    typer.echo(
+        f"{summary['chosen']} posts to label written to {out} (of {summary['scored']:,} "
+        f"distinct posts scored; {summary['repeats']:,} repeats and {summary['empty']:,} "
+        f"without text skipped; {strategy} uncertainty {lo:.3f} to {hi:.3f}); fill in its "
+        f"'{label_column}' column ({', '.join(summary['labels'])}), then train with "
+        f"--data YOUR_DATA --data {out}"
+    )
 
 
 LabelMap = Annotated[
@@ -730,7 +814,8 @@ def check_serve_adapters(run, adapters, root, token, max_adapters: int) -> None:
 
 
 def expand_multi_value(argv: list[str], option: str = "--weights") -> list[str]:
-    """Accept `--weights 0.5 0.5` (click wants the option repeated for each value)."""
+    """Accept `--weights 0.5 0.5` (click wants the option repeated for each value); also
+    `--data-weights 1 3`."""
     out, i = [], 0
     while i < len(argv):
         out.append(argv[i])
@@ -788,7 +873,8 @@ def configure_process() -> None:
 
 def main() -> None:
     configure_process()
-    sys.exit(run_cli(expand_multi_value(sys.argv[1:])))
+    argv = expand_multi_value(sys.argv[1:])
+    sys.exit(run_cli(expand_multi_value(argv, "--data-weights")))
 
 
 def run_cli(argv: list[str]) -> int:

@@ -48,7 +48,14 @@ class TrainConfig(BaseModel):
 
     method: Literal["lora", "adapter", "full"] = option("lora", "lora | adapter | full")
     base_model: NonEmpty = option(DEFAULT_BASE_MODEL, "GPT-2 folder or hub id")
-    data: NonEmpty | None = option(None, "Training CSV/TSV/JSONL (default: weibo_senti_100k)")
+    data: list[NonEmpty] | None = option(
+        None,
+        "Training CSV/TSV/JSONL; repeat to join files, e.g. the posts you labelled "
+        "(default: weibo_senti_100k)",
+    )
+    data_weights: list[Annotated[float, Field(gt=0, allow_inf_nan=False)]] | None = option(
+        None, "Loss weight of each --data file's rows, in order (default: 1 each)"
+    )
     dev_data: NonEmpty | None = option(None, "Dev file (default: a stratified split of --data)")
     out: NonEmpty | None = option(None, "Run folder (default: runs/<method>)")
     text_column: NonEmpty = option("review", "Text column of the data files")
@@ -138,6 +145,11 @@ class TrainConfig(BaseModel):
     def _label_map(cls, value):
         return label_sets.parse_map(value)
 
+    @field_validator("data", mode="before")
+    @classmethod
+    def _one_or_more_files(cls, value):
+        return [value] if isinstance(value, (str, Path)) else value  # one file, as before
+
     @field_validator("encoding")
     @classmethod
     def _known_codec(cls, value: str | None) -> str | None:
@@ -156,6 +168,18 @@ class TrainConfig(BaseModel):
             raise ValueError(
                 f"text_column and label_column are both {self.text_column!r}: the model would "
                 "read its own labels"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _a_weight_per_file(self) -> TrainConfig:
+        if self.data_weights is None:
+            return self
+        files = len(self.data or [])
+        if len(self.data_weights) != files:
+            raise ValueError(
+                f"data_weights: {len(self.data_weights)} weights for {files} --data files: "
+                "give one per file, in order"
             )
         return self
 
@@ -190,6 +214,56 @@ class TrainConfig(BaseModel):
         if unknown:
             raise UserError(f"unknown option(s): {', '.join(unknown)}")
         return cls.checked(**values)
+
+
+PRETRAIN_LR = {"full": 1e-4, "lora": 5e-4}
+
+
+class PretrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+    base_model: NonEmpty = option(DEFAULT_BASE_MODEL, "GPT-2 folder or hub id to continue from")
+    data: list[NonEmpty] = option(
+        list, "Unlabelled posts: files, folders or globs (repeat the flag)", min_length=1
+    )
+    out: NonEmpty = option("bases/pretrained", "Folder of the new base")
+    text_column: NonEmpty | None = option(None, "Text column (default: review, text or content)")
+    encoding: NonEmpty | None = option(None, "File encoding (default: detect)")
+    method: Literal["full", "lora"] = option(
+        "full", "full | lora (merged into the base at the end)"
+    )
+    block_size: int = option(128, "Tokens per training block (posts packed together)", ge=8)
+    batch_size: int = option(32, "Blocks per optimizer step (split across processes)", ge=1)
+    epochs: int = option(1, "Passes over the data", ge=1)
+    max_tokens: int | None = option(None, "Stop after this many training tokens", ge=1)
+    lr: float | None = option(
+        None, "Learning rate (default: 1e-4 full, 5e-4 lora)", gt=0, le=1, allow_inf_nan=False
+    )
+    weight_decay: float = option(0.01, "AdamW weight decay", ge=0.0, allow_inf_nan=False)
+    warmup_ratio: Share = option(0.05, "Share of steps with linear warm-up (then cosine)")
+    max_grad_norm: float = option(1.0, "Gradient clipping (0: off)", ge=0.0, allow_inf_nan=False)
+    held_out_blocks: int = option(200, "Blocks held out for perplexity (at most 5%)", ge=1)
+    drop_emoticons: bool = option(False, "Remove [emoticons] and emoji from the posts")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = option("auto", "auto | fp32 | bf16 | fp16")
+    seed: int = option(
+        42, "Seed of the held-out sample, the shuffle and dropout", ge=0, le=MAX_SEED
+    )
+    save_steps: int = option(200, "Resumable checkpoint every N steps", ge=1)
+    logging_steps: int = option(20, "Log the loss every N steps", ge=1)
+    lora_r: int = option(8, "LoRA rank", ge=1)
+    lora_alpha: int = option(32, "LoRA alpha", ge=1)
+    lora_dropout: float = option(0.1, "LoRA dropout", ge=0.0, lt=1.0, allow_inf_nan=False)
+
+    @property
+    def learning_rate(self) -> float:
+        return self.lr or PRETRAIN_LR[self.method]
+
+    @classmethod
+    def checked(cls, **values) -> PretrainConfig:
+        try:
+            return cls(**values)
+        except ValidationError as e:
+            raise UserError(describe(e, "option")) from None
 
 
 def describe(error: ValidationError, what: str) -> str:

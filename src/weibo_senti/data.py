@@ -40,6 +40,7 @@ class Examples:
     rows_read: int = 0  # data rows in the file; = len(texts) + what was skipped
     skipped: dict[str, list[int]] = field(default_factory=dict)  # reason -> line numbers
     names: list[str] | None = None  # label names; labels[i] is an index into them
+    weights: list[float] | None = None  # per row: its file's --data-weights (None: all 1)
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -48,7 +49,30 @@ class Examples:
         labels = None if self.labels is None else [self.labels[i] for i in idx]
         columns = {k: [v[i] for i in idx] for k, v in self.columns.items()}
         texts = [self.texts[i] for i in idx]
-        return Examples(texts, labels, self.source, columns, names=self.names)
+        weights = None if self.weights is None else [self.weights[i] for i in idx]
+        return Examples(texts, labels, self.source, columns, names=self.names, weights=weights)
+
+
+def join(parts: list[Examples], weights: list[float] | None = None) -> Examples:
+    """Labelled files read with one label set, as one set of rows, in file order; each
+    row weighs its file's weight (kept only where some weight is not 1)."""
+    if len(parts) == 1 and not weights:
+        return parts[0]
+    weighted = weights is not None and any(w != 1 for w in weights)
+    per_row = [w for part, w in zip(parts, weights or [1.0] * len(parts)) for _ in part.texts]
+    skipped: dict[str, list[int]] = {}
+    for part in parts:
+        for reason, lines in part.skipped.items():
+            skipped[f"{reason} ({Path(part.source).name})"] = lines
+    return Examples(
+        [t for part in parts for t in part.texts],
+        [y for part in parts for y in part.labels],
+        " + ".join(part.source for part in parts),
+        rows_read=sum(part.rows_read for part in parts),
+        skipped=skipped,
+        names=parts[0].names,
+        weights=per_row if weighted else None,
+    )
 
 
 def decode(raw: bytes, path: Path, encoding: str | None = None) -> str:
@@ -490,17 +514,19 @@ def read_labelled(
     labels: list[str] | None = None,
     label_map: dict[str, str | None] | None = None,
     labels_from: str = "--labels",
+    any_text_column: bool = False,
 ) -> Examples:
     """Read a labelled file; bad rows are counted, skipped and reported, never silently lost.
 
     ``labels``: the names, in order (a run's, or ``--labels``); a row with another label is
     refused, naming it. Without them the names come from the file (``labels.infer_names``).
-    ``label_map`` renames label cells, or drops their rows, first.
+    ``label_map`` renames label cells, or drops their rows, first. ``any_text_column``: a
+    table without ``text_column`` is read from its review, text or content column (said).
     """
     path = Path(path)
     bad: dict[str, list[int]] = {"unparsable": [], "empty text": [], "not text": []}
     bad["empty label"] = []
-    rows, total = _labelled_rows(path, text_column, label_column, encoding, bad)
+    rows, total = _labelled_rows(path, text_column, label_column, encoding, bad, any_text_column)
     if label_map:
         rows = _apply_label_map(path, rows, label_map, labels, bad)
     counts = Counter(key for _, _, key in rows)
@@ -529,9 +555,15 @@ def read_labelled(
     )
 
 
-def _labelled_rows(path: Path, text_column: str, label_column: str, encoding, bad) -> tuple:
+def _labelled_rows(
+    path: Path, text_column: str, label_column: str, encoding, bad, any_text_column: bool = False
+) -> tuple:
     """([(line, text, label key)], rows read): rows without text or label go to ``bad``."""
     header, records = _records(path, encoding)
+    if header is not None and any_text_column and text_column not in header:
+        found = pick_text_column(header, None, path)
+        log.info("%s: no column '%s'; its posts are read from '%s'", path, text_column, found)
+        text_column = found
     if header is not None:
         _require_columns(path, header, [text_column, label_column])
     rows = []

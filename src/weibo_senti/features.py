@@ -107,7 +107,7 @@ def token_budget_batches(
 
 
 class EncodedDataset(torch.utils.data.Dataset):
-    """Encoded posts and labels; with ``stripped`` (each post without its emoticons), a share
+    """Encoded posts and labels (and each row's weight, if given); with ``stripped`` (each post without its emoticons), a share
     ``dropout`` of the posts is served stripped, drawn afresh each epoch from (seed, epoch)."""
 
     def __init__(
@@ -117,8 +117,9 @@ class EncodedDataset(torch.utils.data.Dataset):
         stripped: list[list[int]] | None = None,
         dropout: float = 0.0,
         seed: int = 0,
+        weights: list[float] | None = None,
     ):
-        self.ids, self.labels = ids, labels
+        self.ids, self.labels, self.weights = ids, labels, weights
         self.stripped, self.dropout, self.seed = stripped, dropout, seed
         self.use_stripped = [False] * len(ids)
 
@@ -133,6 +134,8 @@ class EncodedDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         ids = self.stripped[i] if self.use_stripped[i] else self.ids[i]
+        if self.weights is not None:
+            return ids, self.labels[i], self.weights[i]
         return ids, self.labels[i]
 
 
@@ -141,8 +144,11 @@ class Collator:
         self.pad_id = pad_id
 
     def __call__(self, items):
-        ids, labels = zip(*items)
-        return pad_batch(list(ids), self.pad_id, list(labels))
+        ids, labels, *weights = zip(*items)
+        batch = pad_batch(list(ids), self.pad_id, list(labels))
+        if weights:  # rows weighted by their file (--data-weights)
+            batch["weights"] = torch.tensor(weights[0], dtype=torch.float32)
+        return batch
 
 
 class EpochBatchSampler(Sampler[list[int]]):

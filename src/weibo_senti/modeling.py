@@ -64,12 +64,7 @@ def load_base_classifier(base: Path, tokenizer, labels: list[str] = LABELS) -> n
 
 
 def check_tokenizer_fits(tokenizer, config) -> None:
-    # BertTokenizer(vocab_file=...) silently builds a 5-token vocab: catch any such mismatch.
-    if not (0.9 * config.vocab_size <= len(tokenizer) <= config.vocab_size):
-        raise UserError(
-            f"tokenizer has {len(tokenizer)} tokens, the model {config.vocab_size}: "
-            "they do not belong together"
-        )
+    check_vocabulary(tokenizer, config)
     positions = getattr(config, "n_positions", None) or config.max_position_embeddings
     if tokenizer.model_max_length > positions:  # longer posts would index past the positions
         raise UserError(
@@ -80,6 +75,15 @@ def check_tokenizer_fits(tokenizer, config) -> None:
         raise UserError(
             f"model pad_token_id {config.pad_token_id} differs from the tokenizer's "
             f"[PAD] id {tokenizer.pad_token_id}"
+        )
+
+
+def check_vocabulary(tokenizer, config) -> None:
+    # BertTokenizer(vocab_file=...) silently builds a 5-token vocab: catch any such mismatch.
+    if not (0.9 * config.vocab_size <= len(tokenizer) <= config.vocab_size):
+        raise UserError(
+            f"tokenizer has {len(tokenizer)} tokens, the model {config.vocab_size}: "
+            "they do not belong together"
         )
 
 

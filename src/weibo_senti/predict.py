@@ -262,6 +262,10 @@ class SentimentClassifier:
                 logits[idx, : out.shape[1]] = out
         return logits, truncated
 
+    def forward_batch(self, batch: dict) -> torch.Tensor:
+        """Logits of one padded batch (``features.pad_batch``) by the active adapter."""
+        return self._forward(batch, self._row_adapters(None, len(batch["input_ids"])))
+
     def _forward(self, batch: dict, names: list[str | None]) -> torch.Tensor:
         copy_ = self._engine_copy(names)
         if copy_ is not None:

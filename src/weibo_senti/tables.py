@@ -199,6 +199,24 @@ def write_part(path: Path, rows: list[dict], header: list[str], out_kind: str, s
     atomic_write(path, write)
 
 
+def write_table(path: Path, rows: list[dict], header: list[str]) -> None:
+    """A whole small table (e.g. posts to label) in the format its suffix names, atomically."""
+    out_kind = output_kind(path)
+    if out_kind != "parquet":
+        head = header_line(header, out_kind) if out_kind != "jsonl" else ""
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "w", encoding="utf-8", newline="", errors=UNENCODABLE) as f:
+                f.write(head)
+                write_rows(f, ({c: r.get(c) for c in header} for r in rows), header, out_kind)
+
+        atomic_write(path, write)
+        return
+    _, pq = _pyarrow()
+    table = rows_table([{c: r.get(c) for c in header} for r in rows], None)
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+
+
 def rows_table(rows: list[dict], schema):
     """Rows as an Arrow table of ``schema`` (None: inferred from these rows)."""
     pa, _ = _pyarrow()

@@ -27,7 +27,7 @@ import torch
 from . import inference, modeling, runfolder
 from . import labels as label_sets
 from .config import TrainConfig
-from .data import Examples, read_labelled, split_dev, strip_emoticons
+from .data import Examples, join, read_labelled, split_dev, strip_emoticons
 from .errors import UserError, is_disk_full
 from .features import Collator, EncodedDataset, EpochBatchSampler, encode_cached
 from .hub import default_data, resolve_base_model
@@ -150,10 +150,10 @@ def preserved_rng():
 def load_splits(cfg: TrainConfig, labels: list[str] | None = None) -> tuple[Examples, Examples]:
     """Training and dev rows; their label names come from ``labels`` (a resumed run's),
     ``--labels``, or the training file."""
-    data = cfg.data or str(default_data())
     kw = dict(text_column=cfg.text_column, label_column=cfg.label_column, encoding=cfg.encoding)
     kw["label_map"] = cfg.label_map
-    train_set = read_labelled(data, labels=labels or cfg.labels, **kw)
+    train_set = read_training(cfg, labels, kw)
+    data = train_set.source
     check_trainable(train_set, "training")
     if cfg.dev_data:
         where = "the training labels" if not cfg.labels else "--labels"
@@ -170,6 +170,17 @@ def load_splits(cfg: TrainConfig, labels: list[str] | None = None) -> tuple[Exam
         train_set = train_set.subset(sorted(idx))
     check_trainable(train_set, "training")
     return train_set, dev_set
+
+
+def read_training(cfg: TrainConfig, labels: list[str] | None, kw: dict) -> Examples:
+    """Every --data file, read with one label set: the run's, --labels, or the first file's
+    (a later file with a label the first lacks is refused, naming it)."""
+    files = cfg.data or [str(default_data())]
+    first = read_labelled(files[0], labels=labels or cfg.labels, **kw)
+    where = "--labels" if labels or cfg.labels else f"the labels of the first file, {files[0]}"
+    kw = {**kw, "labels": first.names, "labels_from": where, "any_text_column": True}
+    rest = [read_labelled(f, **kw) for f in files[1:]]  # e.g. `select`'s, in the pool's column
+    return join([first, *rest], cfg.data_weights)
 
 
 MIN_TRAIN_ROWS = 10
@@ -208,15 +219,17 @@ def class_weights(cfg: TrainConfig, examples: Examples) -> torch.Tensor | None:
 
 
 # ---------------------------------------------------------------------------- setup
-def make_accelerator(cfg: TrainConfig):
+def make_accelerator(precision: str):
+    """An Accelerator for ``precision`` (auto | fp32 | bf16 | fp16); pretraining's too."""
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration
 
-    if cfg.precision == "fp16" and not torch.cuda.is_available():
+    asked = precision
+    if precision == "fp16" and not torch.cuda.is_available():
         raise UserError("--precision fp16 needs a CUDA GPU; on a CPU use bf16 or no")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     # auto: bf16 where the hardware is fast at it (it kept accuracy, README), else fp32
-    precision = cfg.precision if cfg.precision != "auto" else inference.resolve("auto", device)
+    precision = precision if precision != "auto" else inference.resolve("auto", device)
     precision = {"fp32": "no"}.get(precision, precision)  # Accelerate's name for fp32
     try:
         return Accelerator(
@@ -228,7 +241,7 @@ def make_accelerator(cfg: TrainConfig):
         )
     except ValueError:  # Accelerate holds one precision per process
         raise UserError(
-            f"cannot train with precision {cfg.precision} here: this process already trained "
+            f"cannot train with precision {asked} here: this process already trained "
             "with another one, and Accelerate keeps one per process; start a new process"
         ) from None
 
@@ -270,7 +283,7 @@ def setup(cfg: TrainConfig, resume: bool, overwrite: bool) -> Setup:
     base, labels = find_base(cfg, out, resume)
     tokenizer = runfolder.load_tokenizer(base, max_length=cfg.max_length)
     train_set, dev_set = load_splits(cfg, labels)
-    accelerator = make_accelerator(cfg)  # what the user must fix is said before this
+    accelerator = make_accelerator(cfg.precision)  # what the user must fix is said before this
     set_seed(cfg.seed)
     base_model = modeling.load_base_classifier(base, tokenizer, train_set.names)  # gelu fused
     if cfg.gradient_checkpointing:
@@ -303,7 +316,7 @@ def setup(cfg: TrainConfig, resume: bool, overwrite: bool) -> Setup:
         train_loader, dev_loader, base, dev_set,
         None if weight is None else weight.to(accelerator.device),
     )  # fmt: skip
-    register_checkpoint_hooks(s)
+    register_checkpoint_hooks(accelerator)
     return s
 
 
@@ -318,8 +331,10 @@ def find_base(cfg: TrainConfig, out: Path, resume: bool) -> tuple[Path, list[str
 
 
 def log_setup(cfg: TrainConfig, model, train_set: Examples, dev_set: Examples, acc) -> None:
-    source = cfg.data or "weibo_senti_100k"
+    source = train_set.source if cfg.data else "weibo_senti_100k"
     log.info("%s: %d train / %d dev rows from %s", cfg.method, len(train_set), len(dev_set), source)
+    if cfg.data_weights:
+        log.info("loss weight per file: %s", ", ".join(f"{w:g}" for w in cfg.data_weights))
     counts = Counter(train_set.labels)
     shown = ", ".join(f"{name} {counts[i]}" for i, name in enumerate(train_set.names))
     log.info("%d labels (training rows): %s", len(train_set.names), shown)
@@ -355,7 +370,14 @@ def build_loaders(cfg: TrainConfig, tokenizer, train_set: Examples, dev_set: Exa
     )
     collate = Collator(tokenizer.pad_token_id)
     train_loader = torch.utils.data.DataLoader(
-        EncodedDataset(train_ids, train_set.labels, stripped, cfg.emoticon_dropout, cfg.seed),
+        EncodedDataset(
+            train_ids,
+            train_set.labels,
+            stripped,
+            cfg.emoticon_dropout,
+            cfg.seed,
+            train_set.weights,
+        ),  # fmt: skip
         batch_sampler=sampler,
         collate_fn=collate,
         generator=torch.Generator(),  # else each new iterator draws from the global RNG
@@ -370,7 +392,7 @@ def build_loaders(cfg: TrainConfig, tokenizer, train_set: Examples, dev_set: Exa
     return sampler, train_loader, dev_loader
 
 
-def register_checkpoint_hooks(s: Setup) -> None:
+def register_checkpoint_hooks(accelerator) -> None:
     """Checkpoints hold the trainable weights only (a LoRA checkpoint is megabytes, not the base)."""
 
     def trainable(model) -> set[str]:
@@ -385,8 +407,8 @@ def register_checkpoint_hooks(s: Setup) -> None:
         if runfolder.checkpoint_weight_names(Path(input_dir)) != trainable(models[0]):
             raise UserError(f"checkpoint in {input_dir} does not match this model and method")
 
-    s.accelerator.register_save_state_pre_hook(keep_trainable)
-    s.accelerator.register_load_state_pre_hook(check_matches)
+    accelerator.register_save_state_pre_hook(keep_trainable)
+    accelerator.register_load_state_pre_hook(check_matches)
 
 
 # ---------------------------------------------------------------------------- start or resume
@@ -408,9 +430,11 @@ def begin(s: Setup) -> Progress:
             labels_zh=label_sets.chinese(s.labels),
         )
         hyperparameters = s.cfg.to_dict()
-        for key in ("data", "dev_data"):  # absolute: --resume works from any directory
-            if hyperparameters[key]:
-                hyperparameters[key] = str(Path(hyperparameters[key]).resolve())
+        # absolute: --resume works from any directory
+        if hyperparameters["data"]:
+            hyperparameters["data"] = [str(Path(f).resolve()) for f in hyperparameters["data"]]
+        if hyperparameters["dev_data"]:
+            hyperparameters["dev_data"] = str(Path(hyperparameters["dev_data"]).resolve())
         runfolder.start_run(s.out, info, s.tokenizer, hyperparameters)
     s.accelerator.wait_for_everyone()
     return Progress()
@@ -527,15 +551,20 @@ def train_step(s: Setup, batch: dict) -> tuple[float, int]:
     acc = s.accelerator
     batch = {k: v.to(acc.device) for k, v in batch.items()}
     posts = acc.reduce(torch.tensor(len(batch["labels"]), device=acc.device), "sum")
+    row_weight = batch.pop("weights", None)  # --data-weights
+    if row_weight is not None and s.class_weight is not None:
+        row_weight = row_weight * s.class_weight[batch["labels"]]
     # Processes' gradients are averaged: weigh each share by its weight (its size, or its
-    # class weights' sum: each share's loss is its weighted mean), so the step is the global
+    # weights' sum: each share's loss is its weighted mean), so the step is the global
     # batch's weighted mean loss even when the shares differ (1.0 exactly in one process).
-    if s.class_weight is None:
+    if row_weight is not None:
+        local = row_weight.sum()
+    elif s.class_weight is None:
         local = torch.tensor(float(len(batch["labels"])), device=acc.device)
     else:
         local = s.class_weight[batch["labels"]].sum()
     total = acc.reduce(local.clone(), "sum")
-    loss = step_loss(s.model, batch, s.cfg.label_smoothing, s.class_weight)
+    loss = step_loss(s.model, batch, s.cfg.label_smoothing, s.class_weight, row_weight)
     loss = loss * (local * acc.num_processes / total)
     acc.backward(loss)
     if s.cfg.max_grad_norm:
@@ -547,15 +576,23 @@ def train_step(s: Setup, batch: dict) -> tuple[float, int]:
 
 
 def step_loss(
-    model, batch: dict, label_smoothing: float, weight: torch.Tensor | None = None
+    model,
+    batch: dict,
+    label_smoothing: float,
+    weight: torch.Tensor | None = None,
+    row_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    if not label_smoothing and weight is None:
+    """The batch's mean loss: weighted by class (``weight``) or, with --data-weights, by
+    row (``row_weight``, class weights included)."""
+    if not label_smoothing and weight is None and row_weight is None:
         return model(**batch).loss
     labels = batch.pop("labels")
     logits = model(**batch).logits.float()
-    return torch.nn.functional.cross_entropy(
-        logits, labels, weight=weight, label_smoothing=label_smoothing
-    )
+    cross_entropy = torch.nn.functional.cross_entropy
+    if row_weight is None:
+        return cross_entropy(logits, labels, weight=weight, label_smoothing=label_smoothing)
+    rows = cross_entropy(logits, labels, reduction="none", label_smoothing=label_smoothing)
+    return (rows * row_weight).sum() / row_weight.sum()
 
 
 def validate(model, loader, accelerator, labels: list[str]) -> dict:
