@@ -36,7 +36,7 @@ def test_precision_names_agree_across_commands():
         for name, command in typer.main.get_command(app).commands.items()
         if any(p.name == "precision" for p in command.params)
     }
-    assert set(helps) == {"train", "evaluate", "predict", "serve", "compare"}
+    assert set(helps) == {"train", "pretrain", "evaluate", "predict", "serve", "compare"}
     assert all("fp32" in h and "bf16" in h and "| no" not in h for h in helps.values())
 
 

@@ -83,3 +83,40 @@ def test_two_processes_killed_and_resumed_end_where_one_process_ends(
         for r in ("one", "two")
     }
     assert logged["two"] == logged["one"]  # every logging step and epoch, once, in order
+
+
+def test_pretraining_in_two_processes_ends_where_one_process_ends(tiny_base, tmp_path):
+    """`pretrain` under torchrun: each process trains on its half of every global batch."""
+    import csv
+    import random
+
+    from conftest import make_text
+    from safetensors.torch import load_file
+
+    from weibo_senti.config import PretrainConfig
+    from weibo_senti.pretrain import pretrain
+
+    base = without_dropout(tiny_base, tmp_path / "base")
+    crawl, rng = tmp_path / "crawl.csv", random.Random(3)
+    with open(crawl, "w", encoding="utf-8", newline="") as f:
+        csv.writer(f).writerows([["text"]] + [[make_text(rng, i % 2)] for i in range(600)])
+    flags = dict(block_size=32, batch_size=8, held_out_blocks=10, lr=3e-3, precision="fp32")
+    one = tmp_path / "one"
+    pretrain(PretrainConfig(base_model=str(base), data=[str(crawl)], out=str(one), **flags))
+    args = ["-m", "weibo_senti.cli", "pretrain", "--base-model", base, "--data", crawl]
+    args += ["--out", tmp_path / "two"]
+    args += [x for k, v in flags.items() for x in (f"--{k.replace('_', '-')}", v)]
+    two = launch(*args)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = (
+        load_file(str(one / "model.safetensors")),
+        load_file(str(tmp_path / "two" / "model.safetensors")),
+    )
+    diff = max((a[k] - b[k]).abs().max().item() for k in a)
+    print(f"max |weight(one process) - weight(two processes)| = {diff:.2e}")
+    assert diff < 1e-4, diff
+    ppl = [
+        json.loads((f / "pretrain.json").read_text())["perplexity_after"]
+        for f in (one, tmp_path / "two")
+    ]
+    assert abs(ppl[0] - ppl[1]) < 1e-3 * ppl[0]

@@ -170,6 +170,24 @@ def test_cli_pretrain_says_the_perplexities(tiny_base, crawl, tmp_path, capsys):
     assert code == 2 and "already holds a pretrained base" in text
 
 
+def test_posts_are_packed_as_fine_tuning_sees_them_emoticons_dropped_if_asked(tiny_base, tmp_path):
+    from weibo_senti.pretrain import open_crawl
+    from weibo_senti.runfolder import load_tokenizer
+
+    crawl = tmp_path / "crawl.txt"
+    crawl.write_text("好棒好棒[哈哈]\n[泪][泪]\n\n差😀\n", encoding="utf-8")
+    tok = load_tokenizer(tiny_base, max_length=64)
+    for drop, posts in (
+        (False, ["好棒好棒[哈哈]", "[泪][泪]", "差😀"]),
+        (True, ["好棒好棒", "差"]),
+    ):
+        c = open_crawl(PretrainConfig(data=[str(crawl)], drop_emoticons=drop, block_size=8), tok)
+        assert list(c.posts()) == posts
+    blocks = list(c.blocks())  # [CLS] 好 棒 好 棒 [SEP] [CLS] 差 | [SEP]: too few for a block
+    assert blocks == [(tok("好棒好棒")["input_ids"] + tok("差")["input_ids"])[:8]]
+    assert blocks[0][0] == tok.cls_token_id and blocks[0][5] == tok.sep_token_id
+
+
 def not_gpt2(tmp_path: Path) -> Path:
     folder = tmp_path / "bert"
     folder.mkdir()

@@ -212,6 +212,8 @@ def pretrain(
             f"\ninterrupted: continue with weibo-senti pretrain --resume --out {cfg.out}", err=True
         )
         raise typer.Exit(130) from None
+    if record is None:  # not the main process of several: the main one reports
+        return
     typer.echo(
         f"base saved to {cfg.out}: perplexity {record['perplexity_before']:.2f} -> "
         f"{record['perplexity_after']:.2f} after {record['tokens_seen']:,} tokens"

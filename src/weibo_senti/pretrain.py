@@ -272,7 +272,8 @@ def pretrain(
     from .train import is_main_process, preserved_rng
 
     out = Path(cfg.out)
-    check_out(out, resume, overwrite)
+    if is_main_process():  # the others would see what it has begun to write
+        check_out(out, resume, overwrite)
     created = not out.exists()
     lock = runfolder.lock_run(out) if is_main_process() else None
     try:
