@@ -42,7 +42,7 @@ SETTINGS = "pretrain.yaml"  # the options, for --resume
 STAGING = ".base.tmp"
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json")
 TOKENIZER_FILES += ("special_tokens_map.json", "added_tokens.json")
-SHUFFLE_BLOCKS = 4096  # the shuffle buffer: 4096 blocks of 128 ids are 4 MB
+SHUFFLE_BLOCKS = 4096  # the shuffle buffer: 4096 blocks of 128 ids, about 20 MB as lists
 POSTS_PER_ENCODE = 512
 
 
@@ -345,33 +345,18 @@ def begin(s: Setup) -> Progress:
 
 
 def restore(s: Setup) -> Progress:
-    if s.main:
-        runfolder.recover_checkpoint(s.out)
-    s.accelerator.wait_for_everyone()
-    folder, saved = runfolder.open_checkpoint(s.out)
-    try:
-        s.accelerator.load_state(str(folder), strict=False)  # trainable weights only: checked
-    except UserError:
-        raise
-    except Exception as e:
-        raise UserError(f"corrupt checkpoint in {folder}: {type(e).__name__}: {e}") from None
-    state = Progress(**saved)
+    from .train import read_checkpoint
+
+    state = Progress(**read_checkpoint(s.accelerator, s.out))
     if s.main:
         log.info("resuming %s at step %d of %d", s.out, state.global_step, s.plan.total_steps)
     return state
 
 
 def save_checkpoint(s: Setup, state: Progress) -> None:
-    staging = runfolder.checkpoint_staging(s.out)
-    s.accelerator.wait_for_everyone()
-    if s.main:
-        shutil.rmtree(staging, ignore_errors=True)
-    s.accelerator.wait_for_everyone()
-    s.accelerator.save_state(str(staging))
-    s.accelerator.wait_for_everyone()
-    if s.main:
-        runfolder.commit_checkpoint(s.out, staging, asdict(state))
-    s.accelerator.wait_for_everyone()
+    from .train import write_checkpoint
+
+    write_checkpoint(s.accelerator, s.out, asdict(state))
 
 
 def fit(s: Setup, state: Progress, on_step: Callable[[int], None] | None) -> None:

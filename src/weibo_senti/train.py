@@ -441,36 +441,44 @@ def begin(s: Setup) -> Progress:
 
 
 def restore(s: Setup) -> Progress:
-    if s.main:  # a kill in the middle of a checkpoint swap is repaired by one process
-        runfolder.recover_checkpoint(s.out)
-    s.accelerator.wait_for_everyone()
-    folder, saved = runfolder.open_checkpoint(s.out)
-    try:
-        s.accelerator.load_state(str(folder), strict=False)  # trainable weights only: checked
-    except UserError:
-        raise
-    except Exception as e:
-        raise UserError(f"corrupt checkpoint in {folder}: {type(e).__name__}: {e}") from None
-    state = Progress(**saved)
+    state = Progress(**read_checkpoint(s.accelerator, s.out))
     if s.main:
         log.info("resuming %s at epoch %d, step %d", s.out, state.epoch + 1, state.global_step)
         runfolder.trim_metrics(s.out, state.global_step, state.epoch)
     return state
 
 
-def save_checkpoint(s: Setup, state: Progress) -> None:
-    staging = runfolder.checkpoint_staging(s.out)
-    s.accelerator.wait_for_everyone()
-    if s.main:
-        import shutil
+def read_checkpoint(accelerator, out: Path) -> dict:
+    """Load the last checkpoint into the prepared objects; its progress (pretraining's too)."""
+    if accelerator.is_main_process:  # a kill in the middle of a checkpoint swap: one repairs it
+        runfolder.recover_checkpoint(out)
+    accelerator.wait_for_everyone()
+    folder, saved = runfolder.open_checkpoint(out)
+    try:
+        accelerator.load_state(str(folder), strict=False)  # trainable weights only: checked
+    except UserError:
+        raise
+    except Exception as e:
+        raise UserError(f"corrupt checkpoint in {folder}: {type(e).__name__}: {e}") from None
+    return saved
 
+
+def save_checkpoint(s: Setup, state: Progress) -> None:
+    write_checkpoint(s.accelerator, s.out, asdict(state))
+
+
+def write_checkpoint(accelerator, out: Path, progress: dict) -> None:
+    """Accelerate's state, then our progress, swapped in whole (pretraining's too)."""
+    staging = runfolder.checkpoint_staging(out)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
         shutil.rmtree(staging, ignore_errors=True)
-    s.accelerator.wait_for_everyone()
-    s.accelerator.save_state(str(staging))
-    s.accelerator.wait_for_everyone()  # every process's RNG state is written
-    if s.main:
-        runfolder.commit_checkpoint(s.out, staging, asdict(state))
-    s.accelerator.wait_for_everyone()
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(staging))
+    accelerator.wait_for_everyone()  # every process's RNG state is written
+    if accelerator.is_main_process:
+        runfolder.commit_checkpoint(out, staging, progress)
+    accelerator.wait_for_everyone()
 
 
 # ---------------------------------------------------------------------------- fit
