@@ -99,18 +99,19 @@ def save_report(path: Path, report: dict) -> None:
 
 # ---------------------------------------------------------------------------- pretrain
 def pretrain_point(args, tokens: int, crawl: Path) -> dict:
-    runs = args.runs
+    runs, tag = args.runs, point_key(tokens, args.pretrain_lr)
     base = BASE
-    row: dict = {"tokens": tokens}
+    row: dict = {"tokens": tokens, "lr": args.pretrain_lr}
     if tokens:
-        base = runs / f"base-{tokens}"
+        base = runs / f"base-{tag}"
+        lr = ["--lr", args.pretrain_lr] if args.pretrain_lr else []
         if not (base / "pretrain.json").is_file():
             cli("pretrain", "--base-model", BASE, "--data", crawl, "--out", base,
-                "--max-tokens", tokens, "--overwrite")  # fmt: skip
+                "--max-tokens", tokens, "--overwrite", *lr)  # fmt: skip
         record = json.loads((base / "pretrain.json").read_text())
         row.update({k: record[k] for k in ("perplexity_before", "perplexity_after")})
         row.update({k: record[k] for k in ("train_seconds", "tokens_per_second", "tokens_seen")})
-    run = runs / f"lora-{tokens}"
+    run = runs / f"lora-{tag}"
     cli("train", "--base-model", base, "--data", DATA / "weibo_senti_100k/train.csv",
         "--max-train-samples", args.rows, "--epochs", args.epochs, "--dev-fraction",
         args.dev_fraction, "--out", run, "--overwrite")  # fmt: skip
@@ -130,26 +131,32 @@ def run_pretrain(args) -> None:
     }  # fmt: skip
     points = report.setdefault("points", {})
     for tokens in args.tokens:
-        if str(tokens) not in points:
-            points[str(tokens)] = pretrain_point(args, tokens, crawl)
+        if point_key(tokens, args.pretrain_lr) not in points:
+            points[point_key(tokens, args.pretrain_lr)] = pretrain_point(args, tokens, crawl)
             save_report(report_json, report)
     plot_pretrain(report, args.report.with_suffix(".png"))
     args.report.with_suffix(".md").write_text(render_pretrain(report), encoding="utf-8")
 
 
+def point_key(tokens: int, lr: float | None) -> str:
+    """A point's key: its token budget, and the learning rate when not the default."""
+    return f"{tokens}" if not lr else f"{tokens}@lr{lr:g}"
+
+
 def render_pretrain(report: dict) -> str:
-    points = sorted(report["points"].values(), key=lambda r: r["tokens"])
+    points = sorted(report["points"].values(), key=lambda r: (r["tokens"], r.get("lr") or 0))
     before = next((p["perplexity_before"] for p in points if "perplexity_before" in p), None)
     lines = [
-        "| pretraining tokens | held-out perplexity | weibo2018 | smp2020 | nlpcc | mean | "
+        "| pretraining tokens | lr | held-out perplexity | weibo2018 | smp2020 | nlpcc | mean | "
         "tokens/s |",
-        "|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for p in points:
         ppl = p.get("perplexity_after", before)
         rate = f"{p['tokens_per_second']:,.0f}" if "tokens_per_second" in p else "-"
+        lr = "-" if not p["tokens"] else f"{p.get('lr') or 1e-4:g}"
         lines.append(
-            f"| {p['tokens']:,} | {ppl:.2f} | {p['weibo2018']:.4f} | {p['smp2020']:.4f} | "
+            f"| {p['tokens']:,} | {lr} | {ppl:.2f} | {p['weibo2018']:.4f} | {p['smp2020']:.4f} | "
             f"{p['nlpcc']:.4f} | {p['human_mean']:.4f} | {rate} |"
         )
     return "\n".join(lines) + "\n"
@@ -161,11 +168,17 @@ def plot_pretrain(report: dict, png: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    points = sorted(report["points"].values(), key=lambda r: r["tokens"])
-    before = next((p["perplexity_before"] for p in points if "perplexity_before" in p), None)
+    every = sorted(report["points"].values(), key=lambda r: r["tokens"])
+    before = next((p["perplexity_before"] for p in every if "perplexity_before" in p), None)
+    points = [p for p in every if not p.get("lr")]  # the default learning rate: the curve
+    other = [p for p in every if p.get("lr")]
     x = [p["tokens"] / 1e6 for p in points]
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-    a.plot(x, [p.get("perplexity_after", before) for p in points], "o-")
+    a.plot(x, [p.get("perplexity_after", before) for p in points], "o-", label="lr 1e-4 (default)")
+    for p in other:
+        a.plot(p["tokens"] / 1e6, p["perplexity_after"], "r^", label=f"lr {p['lr']:g}")
+        b.plot(p["tokens"] / 1e6, p["human_mean"], "r^", label=f"mean, lr {p['lr']:g}")
+    a.legend()
     a.set(xlabel="pretraining tokens (millions)", ylabel="held-out perplexity", title="Perplexity")
     for name in ("weibo2018", "smp2020", "nlpcc", "human_mean"):
         b.plot(
@@ -303,6 +316,7 @@ def main() -> None:
     ap.add_argument("--labels", type=int, nargs="+", default=[100, 200, 300, 500, 700, 1000])
     ap.add_argument("--aside", type=int, default=2000, help="weibo2018 posts kept for testing")
     ap.add_argument("--weight", type=float, default=5.0, help="loss weight of labelled posts")
+    ap.add_argument("--pretrain-lr", type=float, default=None, help="default: pretrain's")
     args = ap.parse_args()
     args.runs.mkdir(parents=True, exist_ok=True)
     if args.part == "pretrain":

@@ -97,7 +97,9 @@ def test_the_new_base_loads_in_stock_clients_and_trains(
     assert json.loads((clf.run / "run.json").read_text())["base"]["name"] == str(pretrained)
 
 
-def test_resume_after_an_interruption_equals_an_uninterrupted_run(tiny_base, crawl, tmp_path):
+def test_resume_after_an_interruption_equals_an_uninterrupted_run(
+    tiny_base, crawl, tmp_path, monkeypatch, capsys
+):
     whole = tmp_path / "whole"
     pretrain(pretrain_config(tiny_base, [crawl], whole))
 
@@ -105,11 +107,16 @@ def test_resume_after_an_interruption_equals_an_uninterrupted_run(tiny_base, cra
         if step == 14:
             raise KeyboardInterrupt
 
-    cut = tmp_path / "cut"
+    (tmp_path / "here").mkdir()
+    (tmp_path / "here" / "crawl.csv").write_bytes(crawl.read_bytes())
+    monkeypatch.chdir(tmp_path / "here")  # relative paths, as a user types them
     with pytest.raises(KeyboardInterrupt):
-        pretrain(pretrain_config(tiny_base, [crawl], cut), on_step=stop)
+        pretrain(pretrain_config(tiny_base, ["crawl.csv"], "cut"), on_step=stop)
+    cut = tmp_path / "here" / "cut"
     assert json.loads((cut / "checkpoint" / "progress.json").read_text())["global_step"] == 10
-    pretrain(pretrain_config(tiny_base, [crawl], cut), resume=True)
+    monkeypatch.chdir(tmp_path)  # resumed from elsewhere, by the documented command
+    code, text = cli(capsys, "pretrain", "--resume", "--out", cut)
+    assert code == 0, text
     a, b = weights(whole), weights(cut)
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), "resume is not bit-exact"
@@ -118,6 +125,47 @@ def test_resume_after_an_interruption_equals_an_uninterrupted_run(tiny_base, cra
         record["perplexity_after"]
         == json.loads((whole / "pretrain.json").read_text())["perplexity_after"]
     )
+    steps = [json.loads(line)["step"] for line in (cut / "metrics.jsonl").open()]
+    assert steps == sorted(set(steps))  # what was logged after the checkpoint, once
+
+
+def test_resume_refuses_a_changed_crawl_and_out_as_the_base(tiny_base, crawl, tmp_path):
+    data = tmp_path / "crawl.csv"
+    data.write_bytes(crawl.read_bytes())
+
+    def stop(step):
+        if step == 12:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(pretrain_config(tiny_base, [data], out), on_step=stop)
+    with open(data, "a", encoding="utf-8") as f:
+        f.write("9999,好棒好棒好棒好棒\n")
+    with pytest.raises(UserError, match="the crawl has changed"):
+        pretrain(pretrain_config(tiny_base, [data], out), resume=True)
+    ours = tmp_path / "ours"  # a base pretrain wrote, continued in place
+    pretrain(pretrain_config(tiny_base, [crawl], ours, max_tokens=500))
+    with pytest.raises(UserError, match="holds the base itself"):
+        pretrain(pretrain_config(ours, [crawl], ours), overwrite=True)
+    assert (ours / "vocab.txt").is_file() and (ours / "pretrain.json").is_file()
+
+
+def test_an_interruption_before_any_checkpoint_says_to_start_again(tiny_base, crawl, tmp_path):
+    from weibo_senti.pretrain import how_to_continue
+
+    out = tmp_path / "out"
+
+    def stop(step):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(pretrain_config(tiny_base, [crawl], out), on_step=stop)
+    assert "--overwrite" in how_to_continue(out)
+    with pytest.raises(UserError, match="unfinished pretraining: no checkpoint .* --overwrite"):
+        pretrain(pretrain_config(tiny_base, [crawl], out))
+    pretrain(pretrain_config(tiny_base, [crawl], out, max_tokens=500), overwrite=True)
+    assert (out / "pretrain.json").is_file()
 
 
 def test_a_killed_cli_pretraining_resumes_with_the_documented_command(tiny_base, crawl, tmp_path):
@@ -285,13 +333,14 @@ def read_rows(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+@pytest.mark.parametrize("method", ["lora", "adapter", "full"])
 def test_select_ranks_by_uncertainty_and_writes_the_pools_columns(
-    trained_runs, pool, tmp_path, capsys
+    trained_runs, pool, tmp_path, capsys, method
 ):
     from weibo_senti import SentimentClassifier
 
     out = tmp_path / "to_label.csv"
-    code, text = cli(capsys, "select", trained_runs["lora"], "--pool", pool, "--n", 10, "--out",
+    code, text = cli(capsys, "select", trained_runs[method], "--pool", pool, "--n", 10, "--out",
                      out, "--diversity", "none")  # fmt: skip
     assert code == 0, text
     rows = read_rows(out)
@@ -299,7 +348,7 @@ def test_select_ranks_by_uncertainty_and_writes_the_pools_columns(
     assert len(rows) == 10 and all(r["label"] == "" for r in rows)
     scores = [float(r["uncertainty"]) for r in rows]
     assert scores == sorted(scores, reverse=True)
-    clf = SentimentClassifier.load(trained_runs["lora"], precision="fp32")
+    clf = SentimentClassifier.load(trained_runs[method], precision="fp32")
     texts = list(dict.fromkeys(r["content"] for r in read_rows(pool)))
     every = uncertainty(clf.predict_proba(texts), "margin")
     assert np.allclose(sorted(every, reverse=True)[:10], scores, atol=1e-4)  # the top 10
@@ -323,6 +372,16 @@ def test_diversity_keeps_near_duplicates_apart():
     chosen_scores = [float(scores[i]) for i in picked["kmeans"]]
     assert chosen_scores == sorted(chosen_scores, reverse=True)
     assert picked["kmeans"][0] == 11  # the most uncertain copy stands for them
+
+
+def test_posts_the_model_cannot_tell_apart_still_give_n():
+    from weibo_senti.selection import Candidates, choose
+
+    cands = Candidates(30)
+    same = np.ones((30, 4))  # e.g. posts that differ only in emoji, all [UNK]
+    cands.offer(np.linspace(0.5, 0.9, 30), same, [{"id": i} for i in range(30)])
+    picked = [it[3]["id"] for it in choose(cands, 10, "kmeans", seed=0)]
+    assert picked == list(range(29, 19, -1))  # one group, then the next most uncertain
 
 
 def test_select_kmeans_end_to_end(trained_runs, pool, tmp_path, capsys):
@@ -356,6 +415,7 @@ def test_select_with_three_labels_uses_entropy(tmp_path, tiny_base, three_way_fi
         (["--label-column", "author"], "already has a column 'author'"),
         (["--out", "x.xlsx"], "--out must end in"),
         (["--strategy", "random"], "--strategy must be one of"),
+        (["--label-column", "content", "--text-column", "id"], "already has a column 'content'"),
     ],
 )
 def test_select_refuses_bad_input_in_one_line(trained_runs, pool, tmp_path, flags, message, capsys):
@@ -374,19 +434,24 @@ def test_select_never_overwrites_without_a_word(trained_runs, pool, tmp_path, ca
 
 
 # ---------------------------------------------------------------------------- several files
-def test_row_weights_weigh_like_repeated_rows(tiny_base):
+@pytest.mark.parametrize("smoothing, class_weight", [(0.0, None), (0.1, [0.5, 2.0])])
+def test_row_weights_weigh_like_repeated_rows(tiny_base, smoothing, class_weight):
     from transformers import GPT2ForSequenceClassification
 
     model = GPT2ForSequenceClassification.from_pretrained(tiny_base, num_labels=2, pad_token_id=0)
-    ids = torch.tensor([[5, 6, 7], [8, 9, 10]])
-    batch = {
-        "input_ids": ids,
-        "attention_mask": torch.ones_like(ids),
-        "labels": torch.tensor([0, 1]),
-    }
-    weighted = step_loss(model.eval(), dict(batch), 0.0, row_weight=torch.tensor([1.0, 3.0]))
-    rep = {k: v[[0, 1, 1, 1]] for k, v in batch.items()}
-    assert torch.allclose(weighted, step_loss(model, rep, 0.0), atol=1e-6)
+    model.eval()
+    cw = None if class_weight is None else torch.tensor(class_weight)
+    ids = torch.tensor([[5, 6, 7], [8, 9, 10], [11, 12, 13]])
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    batch["labels"] = torch.tensor([0, 1, 1])
+
+    def loss(b, data_weight=None):
+        return step_loss(model, dict(b), smoothing, cw, data_weight)
+
+    weighted = loss(batch, torch.tensor([1.0, 3.0, 1.0]))
+    repeated = {k: v[[0, 1, 1, 1, 2]] for k, v in batch.items()}
+    assert torch.allclose(weighted, loss(repeated), atol=1e-6)
+    assert torch.allclose(loss(batch, torch.full((3,), 2.0)), loss(batch), atol=1e-6)
 
 
 def split_file(task: Path, tmp_path: Path) -> tuple[Path, Path]:
@@ -418,7 +483,9 @@ def test_a_second_file_with_another_label_is_refused(tiny_base, task_files, tmp_
     other = tmp_path / "other.csv"
     other.write_text("label,review\nneutral,我你他\n", encoding="utf-8")
     cfg = train_config("lora", tiny_base, [task_files[0], other], task_files[1], tmp_path / "r")
-    with pytest.raises(UserError, match="'neutral' is not one of the labels of the first file"):
+    with pytest.raises(
+        UserError, match="'neutral' is not one of the labels of the first --data file"
+    ):
         train(cfg)
     assert not (tmp_path / "r").exists()
 
@@ -431,7 +498,40 @@ def test_cli_takes_several_data_files_and_their_weights(tiny_base, task_files, t
     bad = subprocess.run([*base, "--data", str(a), "--data", str(b), "--data-weights", "2",
                           "--out", str(tmp_path / "bad")], env=env, capture_output=True, text=True)  # fmt: skip
     assert bad.returncode == 2 and "1 weights for 2 --data files" in bad.stderr
-    ok = subprocess.run([*base, "--data", str(a), "--data", str(b), "--data-weights", "1", "2.5",
+    ok = subprocess.run([*base, "--data", str(a), str(b), "--data-weights", "1", "2.5",  # a shell's glob
                          "--out", str(tmp_path / "ok")], env=env, capture_output=True, text=True)  # fmt: skip
     assert ok.returncode == 0, ok.stderr[-2000:]
     assert "loss weight per file: 1, 2.5" in ok.stderr
+
+
+def test_later_files_train_whole_in_their_own_encoding(tiny_base, task_files, tmp_path, caplog):
+    """--max-train-samples and the dev split take from the first file; the labelled file,
+    UTF-8 as select writes it, joins a GBK first file read with --encoding gbk."""
+    import logging
+
+    from weibo_senti.train import load_splits
+
+    train_file, _ = task_files
+    first = tmp_path / "first.csv"
+    first.write_bytes(train_file.read_text(encoding="utf-8").encode("gbk"))
+    mine = tmp_path / "mine.csv"
+    rng = random.Random(9)
+    rows = "".join(f"{i},{make_text(rng, i % 2)},{i % 2}\n" for i in range(40))
+    mine.write_text("mid,text,label\n" + rows, encoding="utf-8")
+    cfg = train_config(
+        "lora", tiny_base, [first, mine], None, tmp_path / "r", dev_data=None,
+        encoding="gbk", max_train_samples=100, dev_fraction=0.1,
+    )  # fmt: skip
+    with caplog.at_level(logging.INFO, logger="weibo_senti"):
+        train_set, dev_set = load_splits(cfg)
+    assert len(train_set) == 100 + 40 and train_set.texts[-40:] == [
+        line.split(",")[1] for line in rows.splitlines()
+    ]
+    assert len(dev_set) == 48  # 10% of the first file's 480 rows
+    assert "its posts are read from 'text'" in caplog.text
+    assert "training rows per file" in caplog.text
+    both = tmp_path / "both.csv"
+    both.write_text("text,content,label\n好,差,1\n", encoding="utf-8")
+    cfg = train_config("lora", tiny_base, [train_file, both], task_files[1], tmp_path / "s")
+    with pytest.raises(UserError, match="no column 'review' .* name the column to train on"):
+        load_splits(cfg)

@@ -208,9 +208,9 @@ def pretrain(
     try:
         record = run_pretraining(cfg, resume=resume, overwrite=overwrite)
     except KeyboardInterrupt:
-        typer.echo(
-            f"\ninterrupted: continue with weibo-senti pretrain --resume --out {cfg.out}", err=True
-        )
+        from .pretrain import how_to_continue
+
+        typer.echo(f"\ninterrupted: {how_to_continue(Path(cfg.out))}", err=True)
         raise typer.Exit(130) from None
     if record is None:  # not the main process of several: the main one reports
         return
@@ -261,13 +261,16 @@ def select_posts(
     )  # fmt: skip
     summary = select(req)
     lo, hi = summary["uncertainty_range"]
+    skipped = f"{summary['repeats']:,} repeats, {summary['empty']:,} without text"
+    skipped += f" and {summary['unparsable']:,} unparsable rows skipped"
     typer.echo(
         f"{summary['chosen']} posts to label written to {out} (of {summary['scored']:,} "
-        f"distinct posts scored; {summary['repeats']:,} repeats and {summary['empty']:,} "
-        f"without text skipped; {strategy} uncertainty {lo:.3f} to {hi:.3f}); fill in its "
-        f"'{label_column}' column ({', '.join(summary['labels'])}), then train with "
-        f"--data YOUR_DATA --data {out}"
-    )
+        f"distinct posts scored; {skipped}; {strategy} uncertainty {lo:.3f} to {hi:.3f}); "
+        f"fill in its '{label_column}' column ({', '.join(summary['labels'])}), then train "
+        f"with --data YOUR_DATA --data {out}"
+        + ("" if label_column == "label" else f" after renaming '{label_column}' to the label "
+           "column of your data (training reads one label column from every file)")
+    )  # fmt: skip
 
 
 LabelMap = Annotated[
@@ -815,15 +818,16 @@ def check_serve_adapters(run, adapters, root, token, max_adapters: int) -> None:
         typer.echo("--admin-token without --adapter-root: adapters can be unloaded only", err=True)
 
 
-def expand_multi_value(argv: list[str], option: str = "--weights") -> list[str]:
+def expand_multi_value(argv: list[str], option: str = "--weights", takes=None) -> list[str]:
     """Accept `--weights 0.5 0.5` (click wants the option repeated for each value); also
-    `--data-weights 1 3`."""
+    `--data-weights 1 3`, and `--data a.csv b.csv` (a shell's `--data crawl/*.csv`)."""
+    takes = takes or _is_number
     out, i = [], 0
     while i < len(argv):
         out.append(argv[i])
         if argv[i] == option:
             values = []
-            while i + 1 < len(argv) and _is_number(argv[i + 1]):
+            while i + 1 < len(argv) and takes(argv[i + 1]):
                 values.append(argv[i + 1])
                 i += 1
             out[-1:] = [x for v in values for x in (option, v)] or [option]
@@ -876,7 +880,10 @@ def configure_process() -> None:
 def main() -> None:
     configure_process()
     argv = expand_multi_value(sys.argv[1:])
-    sys.exit(run_cli(expand_multi_value(argv, "--data-weights")))
+    argv = expand_multi_value(argv, "--data-weights")
+    if argv[:1] in (["train"], ["pretrain"]):  # their only multi-value option taking paths
+        argv = expand_multi_value(argv, "--data", lambda arg: not arg.startswith("-"))
+    sys.exit(run_cli(argv))
 
 
 def run_cli(argv: list[str]) -> int:

@@ -561,9 +561,7 @@ def _labelled_rows(
     """([(line, text, label key)], rows read): rows without text or label go to ``bad``."""
     header, records = _records(path, encoding)
     if header is not None and any_text_column and text_column not in header:
-        found = pick_text_column(header, None, path)
-        log.info("%s: no column '%s'; its posts are read from '%s'", path, text_column, found)
-        text_column = found
+        text_column = _other_text_column(path, header, text_column)
     if header is not None:
         _require_columns(path, header, [text_column, label_column])
     rows = []
@@ -584,6 +582,18 @@ def _labelled_rows(
         else:
             rows.append((n, text.strip(), key))
     return rows, len(records)
+
+
+def _other_text_column(path: Path, header: list[str], wanted: str) -> str:
+    """The one review/text/content column of a file without ``wanted`` (said); two is refused."""
+    found = [c for c in ("review", "text", "content") if c in header]
+    if len(found) != 1:
+        raise UserError(
+            f"{path}: no column '{wanted}' (columns: {', '.join(header)}); name the column "
+            f"to train on '{wanted}', as in the first --data file"
+        )
+    log.info("%s: no column '%s'; its posts are read from '%s'", path, wanted, found[0])
+    return found[0]
 
 
 def _apply_label_map(path: Path, rows: list, label_map: dict, labels, bad) -> list:

@@ -3,9 +3,10 @@
 
 Posts are streamed from any input bulk scoring reads (files, folders, globs; CSV/TSV/JSONL/TXT/
 Parquet), each encoded as fine-tuning sees it (``[CLS] post [SEP]``: the separator between
-posts) and packed into blocks of ``block_size`` tokens. Memory stays bounded: a counting pass
-streams the crawl once (the schedule needs the number of blocks), training streams it again
-through a seeded shuffle buffer. A seeded sample of blocks is held out for perplexity, before
+posts) and packed into blocks of ``block_size`` tokens. Memory stays bounded: the crawl is
+streamed once to count the blocks (the schedule needs their number), once to collect the
+held-out ones, and once per epoch through a seeded shuffle buffer (tokenizing is cheap next to
+training). A seeded sample of blocks is held out for perplexity, before
 and after. Checkpoints are Accelerate's ``save_state`` plus our progress; ``--resume`` streams
 the crawl again and skips the global batches already trained on, so it is bit-exact.
 
@@ -18,9 +19,11 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
 import shutil
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -55,10 +58,12 @@ class Crawl:
     tokenizer: object
     block_size: int
     drop_emoticons: bool = False
+    skipped: Counter = field(default_factory=Counter)  # of the last pass: reason -> rows
 
     def posts(self) -> Iterator[str]:
         from .bulk import text_of
 
+        self.skipped.clear()
         for shard in self.shards:
             for rec in shard.iter_rows():
                 text = text_of(rec.values.get(shard.text_column)).strip()
@@ -66,6 +71,14 @@ class Crawl:
                     text = strip_emoticons(text).strip()
                 if text:
                     yield text
+                else:
+                    self.skipped["unparsable" if rec.unparsable else "without text"] += 1
+
+    def stamp(self) -> list:
+        """Each input's path, size and modification time: a resume needs the same crawl."""
+        from .bulk import file_stamp
+
+        return [[str(s.path.resolve()), *file_stamp(s.path)] for s in self.shards]
 
     def blocks(self) -> Iterator[list[int]]:
         """Blocks of ``block_size`` ids in reading order; a last part-filled one is dropped."""
@@ -111,6 +124,9 @@ class Plan:
 def plan(crawl: Crawl, cfg: PretrainConfig) -> Plan:
     sources = ", ".join(cfg.data)
     n = sum(1 for _ in progress(crawl.blocks(), desc="counting blocks", unit="block"))
+    if crawl.skipped:
+        shown = ", ".join(f"{rows:,} {why}" for why, rows in sorted(crawl.skipped.items()))
+        log.warning("%s: rows skipped: %s", sources, shown)
     if n == 0:
         raise UserError(
             f"{sources}: no text to pretrain on (not one block of {cfg.block_size} tokens)"
@@ -168,6 +184,8 @@ class Progress:
     train_seconds: float = 0.0
     perplexity_before: float | None = None
     loss_window: list[float] = field(default_factory=list)
+    crawl: list = field(default_factory=list)  # Crawl.stamp(): what a resume must find again
+    blocks: int = 0
 
 
 @dataclass
@@ -234,6 +252,9 @@ def setup(cfg: PretrainConfig) -> Setup:
     from .train import make_accelerator, register_checkpoint_hooks
 
     base = resolve_base_model(cfg.base_model)
+    out = Path(cfg.out).resolve()
+    if out == base.resolve() or out in base.resolve().parents:
+        raise UserError(f"--out {cfg.out} holds the base itself: write the new base elsewhere")
     model = load_causal_lm(base, cfg.block_size)
     # posts are packed, never cut: the length rule only keeps tokenizers from warning
     tokenizer = runfolder.load_tokenizer(base, max_length=model.config.n_positions)
@@ -254,7 +275,6 @@ def setup(cfg: PretrainConfig) -> Setup:
     scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, p.total_steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     held = held_out_blocks(crawl, p.held_out)
-    out = Path(cfg.out)
     s = Setup(cfg, out, base, accelerator, model, optimizer, scheduler, crawl, p, held)
     register_checkpoint_hooks(accelerator)  # a LoRA checkpoint holds LoRA's weights, not the base's
     return s
@@ -295,12 +315,18 @@ def pretrain(
                     runfolder.drop_staging(out)
                     shutil.rmtree(out / STAGING, ignore_errors=True)
                 raise UserError(
-                    f"disk full while writing {out}; the last checkpoint is intact: free some "
-                    f"space, then continue with: weibo-senti pretrain --resume --out {out}"
+                    f"disk full while writing {out}: free some space, then {how_to_continue(out)}"
                 ) from None
     finally:
         if lock is not None:
             lock.release()
+
+
+def how_to_continue(out: Path) -> str:
+    """What to run after an interruption: --resume from the last checkpoint, if there is one."""
+    if (out / runfolder.CHECKPOINT / runfolder.CHECKPOINT_STATE).is_file():
+        return f"continue from the last checkpoint with: weibo-senti pretrain --resume --out {out}"
+    return "no checkpoint was written yet: start again with the same command and --overwrite"
 
 
 def check_out(out: Path, resume: bool, overwrite: bool) -> None:
@@ -317,22 +343,24 @@ def check_out(out: Path, resume: bool, overwrite: bool) -> None:
         return
     if entries and not ours:
         raise UserError(f"{out} holds other files; --out must be a new folder: choose another")
+    if entries and not overwrite and RECORD not in entries:
+        raise UserError(f"{out} holds an unfinished pretraining: {how_to_continue(out)}")
     if entries and not overwrite:
         raise UserError(
-            f"{out} already holds a pretrained base: pass --resume to continue an unfinished "
-            "one, --overwrite to replace it, or choose another --out"
+            f"{out} already holds a pretrained base: pass --overwrite to replace it, or choose "
+            "another --out"
         )
 
 
 def begin(s: Setup) -> Progress:
     import yaml
 
-    state = Progress(perplexity_before=perplexity(s))
+    state = Progress(perplexity_before=perplexity(s), crawl=s.crawl.stamp(), blocks=s.plan.blocks)
     if s.main:
         for entry in s.out.iterdir():  # a folder of ours given with --overwrite, emptied
             if entry.name != runfolder.LOCK:
                 shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
-        settings = yaml.safe_dump(s.cfg.model_dump(), sort_keys=False, allow_unicode=True)
+        settings = yaml.safe_dump(portable(s.cfg), sort_keys=False, allow_unicode=True)
         write_text(s.out / SETTINGS, settings)
         log.info(
             "pretraining %s (%s): %d blocks of %d tokens, %d held out; %d steps; "
@@ -348,9 +376,25 @@ def restore(s: Setup) -> Progress:
     from .train import read_checkpoint
 
     state = Progress(**read_checkpoint(s.accelerator, s.out))
+    if state.crawl != s.crawl.stamp() or state.blocks != s.plan.blocks:
+        raise UserError(
+            f"the crawl has changed since {s.out} was begun (files added, removed or "
+            "modified): a resume must read the same posts; start again with --overwrite"
+        )
     if s.main:
         log.info("resuming %s at step %d of %d", s.out, state.global_step, s.plan.total_steps)
+        runfolder.trim_metrics(s.out, state.global_step, state.epoch)
     return state
+
+
+def portable(cfg: PretrainConfig) -> dict:
+    """The options with absolute paths: --resume works from any directory."""
+    values = cfg.model_dump()
+    values["data"] = [os.path.abspath(spec) for spec in cfg.data]  # globs stay globs
+    if Path(cfg.base_model).expanduser().exists():
+        values["base_model"] = str(Path(cfg.base_model).expanduser().resolve())
+    values["out"] = str(Path(cfg.out).resolve())
+    return values
 
 
 def save_checkpoint(s: Setup, state: Progress) -> None:

@@ -50,9 +50,8 @@ def probs_and_features(clf, texts: list[str], batch_size: int) -> tuple[np.ndarr
     from .features import encode, pad_batch, token_budget_batches
 
     ids, _ = encode(clf.tokenizer, texts)
-    head = score_head(clf.model)
     seen: list[torch.Tensor] = []
-    hook = head.register_forward_hook(lambda _m, args, _out: seen.append(args[0]))
+    hook = gpt2_body(clf.model).register_forward_hook(lambda _m, _a, out: seen.append(out[0]))
     probs = np.zeros((len(ids), len(clf.labels)), dtype=np.float32)
     feats = None
     try:
@@ -72,13 +71,15 @@ def probs_and_features(clf, texts: list[str], batch_size: int) -> tuple[np.ndarr
     return probs, feats
 
 
-def score_head(model) -> torch.nn.Module:
-    """The classifier's head, ``score`` (for a LoRA run PEFT's wrapper around it): its input is
-    the hidden state of every position."""
-    heads = [(n, m) for n, m in model.named_modules() if n.split(".")[-1] == "score"]
-    if not heads:
-        raise UserError("this model has no classification head named 'score'")
-    return min(heads, key=lambda nm: nm[0].count("."))[1]
+def gpt2_body(model) -> torch.nn.Module:
+    """The transformer under the head (whatever wraps it: PEFT, bottleneck adapters, whose
+    blocks' hooks it runs): its last hidden state is what every head reads."""
+    from transformers import GPT2Model
+
+    bodies = [m for m in model.modules() if isinstance(m, GPT2Model)]
+    if not bodies:
+        raise UserError("select needs a GPT-2 classifier; this run's model has no GPT-2 body")
+    return bodies[0]
 
 
 @dataclass
@@ -90,6 +91,7 @@ class Candidates:
     seen_texts: set = field(default_factory=set)
     empty: int = 0
     repeats: int = 0
+    unparsable: int = 0
     scored: int = 0
 
     def new_text(self, text: str) -> bool:
@@ -117,7 +119,8 @@ class Candidates:
 
 def choose(cands: Candidates, n: int, diversity: str, seed: int) -> list[tuple]:
     """``n`` of the candidates: the most uncertain of each of ``n`` k-means clusters, or
-    (``diversity`` none) simply the ``n`` most uncertain; most uncertain first."""
+    (``diversity`` none) simply the ``n`` most uncertain; most uncertain first. Posts the
+    model cannot tell apart (fewer distinct points than ``n``) are topped up by uncertainty."""
     items = sorted(cands.heap, key=lambda it: (-it[0], it[1]))
     if diversity == "none" or len(items) <= n:
         return items[:n]
@@ -125,10 +128,19 @@ def choose(cands: Candidates, n: int, diversity: str, seed: int) -> list[tuple]:
 
     feats = np.stack([it[2] for it in items]).astype(np.float64)
     feats /= np.linalg.norm(feats, axis=1, keepdims=True) + 1e-12
-    clusters = KMeans(n_clusters=n, random_state=seed, n_init=1).fit_predict(feats)
+    distinct = len(np.unique(feats.round(6), axis=0))
+    kmeans = KMeans(n_clusters=min(n, distinct), random_state=seed, n_init=1)
     best: dict[int, tuple] = {}
-    for it, c in zip(items, clusters):  # items are most uncertain first
+    for it, c in zip(items, kmeans.fit_predict(feats)):  # items are most uncertain first
         best.setdefault(int(c), it)
+    chosen = {it[1] for it in best.values()}
+    if len(best) < n:
+        log.info(
+            "only %d groups of the %d candidates look different to the model: the other %d "
+            "posts are the next most uncertain", len(best), len(items), n - len(best),
+        )  # fmt: skip
+        extra = [it for it in items if it[1] not in chosen][: n - len(best)]
+        best.update({-1 - i: it for i, it in enumerate(extra)})
     return sorted(best.values(), key=lambda it: (-it[0], it[1]))
 
 
@@ -177,7 +189,7 @@ def select(req: Request) -> dict:
     tables.write_table(req.out, rows, header)
     return {
         "out": str(req.out), "chosen": len(rows), "scored": usable, "empty": cands.empty,
-        "repeats": cands.repeats, "labels": clf.labels,
+        "repeats": cands.repeats, "unparsable": cands.unparsable, "labels": clf.labels,
         "uncertainty_range": [rows[-1][SCORE_COLUMN], rows[0][SCORE_COLUMN]],
     }  # fmt: skip
 
@@ -209,6 +221,11 @@ def open_pool(req: Request) -> list:
                 f"{source} already has a column '{req.label_column}': name the new one with "
                 "--label-column (the pool's own columns are written as they are)"
             )
+        if SCORE_COLUMN in columns:
+            raise UserError(
+                f"{source} already has a column '{SCORE_COLUMN}', the column select adds: "
+                "rename it first"
+            )
 
     paths = find_shards(req.pool, req.out)
     shards = scan_shards(paths, req.encoding, req.text_column, no_label_column)
@@ -228,6 +245,7 @@ def score_pool(clf, shards: list, req: Request, cands: Candidates) -> None:
         for rec in shard.iter_rows():
             bar.update(1)
             text = text_of(rec.values.get(shard.text_column))
+            cands.unparsable += rec.unparsable
             if not rec.unparsable and cands.new_text(text):
                 chunk.append((text, rec.values))
             if len(chunk) == CHUNK_ROWS:

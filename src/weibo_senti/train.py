@@ -149,38 +149,48 @@ def preserved_rng():
 
 def load_splits(cfg: TrainConfig, labels: list[str] | None = None) -> tuple[Examples, Examples]:
     """Training and dev rows; their label names come from ``labels`` (a resumed run's),
-    ``--labels``, or the training file."""
+    ``--labels``, or the (first) training file. With several --data files the dev split and
+    --max-train-samples take from the first only: later files (e.g. the posts you labelled)
+    train whole."""
     kw = dict(text_column=cfg.text_column, label_column=cfg.label_column, encoding=cfg.encoding)
     kw["label_map"] = cfg.label_map
-    train_set = read_training(cfg, labels, kw)
-    data = train_set.source
-    check_trainable(train_set, "training")
+    files = cfg.data or [str(default_data())]
+    first = read_labelled(files[0], labels=labels or cfg.labels, **kw)
+    rest = read_later_files(files[1:], first.names, bool(labels or cfg.labels), kw)
+    check_trainable(join([first, *rest]), "training")
     if cfg.dev_data:
         where = "the training labels" if not cfg.labels else "--labels"
-        dev_set = read_labelled(cfg.dev_data, labels=train_set.names, labels_from=where, **kw)
+        dev_set = read_labelled(cfg.dev_data, labels=first.names, labels_from=where, **kw)
     else:
-        train_set, dev_set = split_dev(train_set, cfg.dev_fraction, cfg.seed)
-    if cfg.max_train_samples and cfg.max_train_samples > len(train_set):
-        raise UserError(
-            f"--max-train-samples {cfg.max_train_samples} is more than the {len(train_set)} "
-            f"training rows of {data}: give at most {len(train_set)}, or leave it out"
+        first, dev_set = split_dev(first, cfg.dev_fraction, cfg.seed)
+    first = sample_rows(first, cfg.max_train_samples, cfg.seed)
+    train_set = join([first, *rest], cfg.data_weights)
+    if rest:
+        log.info(
+            "training rows per file: %s", ", ".join(f"{p.source} {len(p)}" for p in [first, *rest])
         )
-    if cfg.max_train_samples and cfg.max_train_samples < len(train_set):
-        idx = random.Random(cfg.seed).sample(range(len(train_set)), cfg.max_train_samples)
-        train_set = train_set.subset(sorted(idx))
     check_trainable(train_set, "training")
     return train_set, dev_set
 
 
-def read_training(cfg: TrainConfig, labels: list[str] | None, kw: dict) -> Examples:
-    """Every --data file, read with one label set: the run's, --labels, or the first file's
-    (a later file with a label the first lacks is refused, naming it)."""
-    files = cfg.data or [str(default_data())]
-    first = read_labelled(files[0], labels=labels or cfg.labels, **kw)
-    where = "--labels" if labels or cfg.labels else f"the labels of the first file, {files[0]}"
-    kw = {**kw, "labels": first.names, "labels_from": where, "any_text_column": True}
-    rest = [read_labelled(f, **kw) for f in files[1:]]  # e.g. `select`'s, in the pool's column
-    return join([first, *rest], cfg.data_weights)
+def read_later_files(files: list[str], names: list[str], named: bool, kw: dict) -> list:
+    """Files after the first, read with its label set; each detects its own encoding and,
+    without the text column, reads its review/text/content column (`select`'s output)."""
+    where = "--labels" if named else "the labels of the first --data file"
+    kw = {**kw, "labels": names, "labels_from": where, "any_text_column": True, "encoding": None}
+    return [read_labelled(f, **kw) for f in files]
+
+
+def sample_rows(examples: Examples, n: int | None, seed: int) -> Examples:
+    """--max-train-samples: a seeded sample of ``n`` rows, in file order."""
+    if n and n > len(examples):
+        raise UserError(
+            f"--max-train-samples {n} is more than the {len(examples)} training rows of "
+            f"{examples.source}: give at most {len(examples)}, or leave it out"
+        )
+    if n and n < len(examples):
+        examples = examples.subset(sorted(random.Random(seed).sample(range(len(examples)), n)))
+    return examples
 
 
 MIN_TRAIN_ROWS = 10
@@ -559,20 +569,18 @@ def train_step(s: Setup, batch: dict) -> tuple[float, int]:
     acc = s.accelerator
     batch = {k: v.to(acc.device) for k, v in batch.items()}
     posts = acc.reduce(torch.tensor(len(batch["labels"]), device=acc.device), "sum")
-    row_weight = batch.pop("weights", None)  # --data-weights
-    if row_weight is not None and s.class_weight is not None:
-        row_weight = row_weight * s.class_weight[batch["labels"]]
+    data_weight = batch.pop("weights", None)  # --data-weights
     # Processes' gradients are averaged: weigh each share by its weight (its size, or its
     # weights' sum: each share's loss is its weighted mean), so the step is the global
     # batch's weighted mean loss even when the shares differ (1.0 exactly in one process).
-    if row_weight is not None:
-        local = row_weight.sum()
-    elif s.class_weight is None:
-        local = torch.tensor(float(len(batch["labels"])), device=acc.device)
-    else:
-        local = s.class_weight[batch["labels"]].sum()
+    local = torch.ones(len(batch["labels"]), device=acc.device)
+    if data_weight is not None:
+        local = local * data_weight
+    if s.class_weight is not None:
+        local = local * s.class_weight[batch["labels"]]
+    local = local.sum()
     total = acc.reduce(local.clone(), "sum")
-    loss = step_loss(s.model, batch, s.cfg.label_smoothing, s.class_weight, row_weight)
+    loss = step_loss(s.model, batch, s.cfg.label_smoothing, s.class_weight, data_weight)
     loss = loss * (local * acc.num_processes / total)
     acc.backward(loss)
     if s.cfg.max_grad_norm:
@@ -588,19 +596,31 @@ def step_loss(
     batch: dict,
     label_smoothing: float,
     weight: torch.Tensor | None = None,
-    row_weight: torch.Tensor | None = None,
+    data_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The batch's mean loss: weighted by class (``weight``) or, with --data-weights, by
-    row (``row_weight``, class weights included)."""
-    if not label_smoothing and weight is None and row_weight is None:
+    """The batch's mean loss, weighted by class (``weight``) and, with --data-weights, by row
+    (``data_weight``)."""
+    if not label_smoothing and weight is None and data_weight is None:
         return model(**batch).loss
     labels = batch.pop("labels")
     logits = model(**batch).logits.float()
-    cross_entropy = torch.nn.functional.cross_entropy
-    if row_weight is None:
-        return cross_entropy(logits, labels, weight=weight, label_smoothing=label_smoothing)
-    rows = cross_entropy(logits, labels, reduction="none", label_smoothing=label_smoothing)
-    return (rows * row_weight).sum() / row_weight.sum()
+    if data_weight is None:
+        return torch.nn.functional.cross_entropy(
+            logits, labels, weight=weight, label_smoothing=label_smoothing
+        )
+    return rows_weighted_loss(logits, labels, label_smoothing, weight, data_weight)
+
+
+def rows_weighted_loss(logits, labels, label_smoothing: float, weight, data_weight):
+    """PyTorch's class-weighted, label-smoothed cross-entropy with each row weighted as well
+    (written out: ``cross_entropy`` weighs classes only); rows of weight 1 give it exactly."""
+    k = logits.shape[-1]
+    logp = logits.log_softmax(-1)
+    cw = weight if weight is not None else torch.ones(k, device=logits.device)
+    nll = -logp.gather(1, labels[:, None]).squeeze(1) * cw[labels]
+    smooth = -(logp * cw).sum(-1) / k
+    rows = (1 - label_smoothing) * nll + label_smoothing * smooth
+    return (rows * data_weight).sum() / (data_weight * cw[labels]).sum()
 
 
 def validate(model, loader, accelerator, labels: list[str]) -> dict:
