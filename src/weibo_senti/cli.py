@@ -85,6 +85,8 @@ def config_options(schema=None) -> list[inspect.Parameter]:
         kind = f.annotation
         if type(None) in typing.get_args(kind):  # `X | None`: the flag is an X
             kind = next(a for a in typing.get_args(kind) if a is not type(None))
+        if typing.get_origin(kind) is Annotated:  # its constraints are the schema's to check
+            kind = typing.get_args(kind)[0]
         if typing.get_origin(kind) is typing.Literal:  # choices are checked by the schema
             kind = str
         if typing.get_origin(kind) is list:  # items' constraints too: typer wants plain types
@@ -94,7 +96,7 @@ def config_options(schema=None) -> list[inspect.Parameter]:
         default = f.get_default(call_default_factory=True)
         shown = " ".join(default) if isinstance(default, list) else default
         help = f.description + (
-            "" if "default:" in f.description or default is None else f" (default: {shown})"
+            "" if "default:" in f.description or default in (None, []) else f" (default: {shown})"
         )
         flag = f"--{name.replace('_', '-')}"
         opt = Opt(f"{flag}/--no-{flag[2:]}", help=help) if kind is bool else Opt(flag, help=help)

@@ -224,7 +224,7 @@ class PretrainConfig(BaseModel):
 
     base_model: NonEmpty = option(DEFAULT_BASE_MODEL, "GPT-2 folder or hub id to continue from")
     data: list[NonEmpty] = option(
-        list, "Unlabelled posts: files, folders or globs (repeat the flag)", min_length=1
+        list, "Unlabelled posts: files, folders or globs (repeat the flag); required", min_length=1
     )
     out: NonEmpty = option("bases/pretrained", "Folder of the new base")
     text_column: NonEmpty | None = option(None, "Text column (default: review, text or content)")
@@ -243,7 +243,7 @@ class PretrainConfig(BaseModel):
     warmup_ratio: Share = option(0.05, "Share of steps with linear warm-up (then cosine)")
     max_grad_norm: float = option(1.0, "Gradient clipping (0: off)", ge=0.0, allow_inf_nan=False)
     held_out_blocks: int = option(200, "Blocks held out for perplexity (at most 5%)", ge=1)
-    drop_emoticons: bool = option(False, "Remove [emoticons] and emoji from the posts")
+    drop_emoticons: bool = option(False, "Remove bracketed emoticons (哈哈 in brackets) and emoji")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = option("auto", "auto | fp32 | bf16 | fp16")
     seed: int = option(
         42, "Seed of the held-out sample, the shuffle and dropout", ge=0, le=MAX_SEED
