@@ -225,27 +225,52 @@ def choose_posts(strategy: str, run: Path, pool: list[dict], k: int, folder: Pat
         return [by_mid[r["mid"]] for r in csv.DictReader(f)]
 
 
-def active_rounds(args, strategy: str, setup: dict, start: Path) -> dict:
+def active_rounds(args, strategy: str, setup: dict, start: Path, points: dict, save) -> dict:
+    """Rounds of choosing and training; ``points`` already measured are kept (each round is
+    saved as it ends), and a restart replays the earlier rounds' choices without training."""
     folder, pool = setup["folder"] / strategy, list(setup["pool"])
-    rng, labelled, run, points = random.Random(args.seed), [], start, {}
+    rng, labelled, run = random.Random(args.seed), [], start
     sets = {"aside": setup["folder"] / "aside.csv"} | {
         n: DATA / rel for n, rel in HUMAN.items() if n != "weibo2018"
     }
-    points[0] = human_scores(start, sets)
-    for target in args.labels:
+    if "0" not in points:
+        points["0"] = human_scores(start, sets)
+        save()
+    targets = (
+        args.labels if strategy == "random" else [n for n in args.labels if n <= args.select_up_to]
+    )
+    for target in targets:
+        run_t = args.runs / f"active-{strategy}-{target}"
+        if str(target) in points and strategy == "random":  # its draws replay without a model
+            picked = choose_posts(strategy, run, pool, target - len(labelled), folder, rng)
+            pool, labelled, run = drop(pool, picked), labelled + picked, run_t
+            continue
+        if str(target) in points:  # select: the saved labelled file holds its choices
+            labelled = read_csv(folder / f"labelled-{target}.csv")
+            pool, run = drop(pool, labelled), run_t
+            continue
         picked = choose_posts(strategy, run, pool, target - len(labelled), folder, rng)
-        ids = {r["mid"] for r in picked}
-        pool = [r for r in pool if r["mid"] not in ids]
-        labelled += picked  # their labels revealed: weibo2018's own
-        data = write_rows(folder / "labelled.csv", labelled, ["label", "review"])
-        run = args.runs / f"active-{strategy}-{target}"
+        pool, labelled = drop(pool, picked), labelled + picked  # labels revealed: weibo2018's
+        data = write_rows(folder / f"labelled-{target}.csv", labelled, ["mid", "label", "review"])
+        run = run_t
         cli("train", "--base-model", BASE, "--data", setup["folder"] / "emoticon_train.csv",
             "--data", data, "--data-weights", 1, args.weight, "--dev-data",
             setup["folder"] / "emoticon_dev.csv", "--epochs", args.epochs, "--out", run,
             "--overwrite")  # fmt: skip
-        points[target] = human_scores(run, sets)
-        print(strategy, target, points[target], file=sys.stderr, flush=True)
+        points[str(target)] = human_scores(run, sets)
+        save()
+        print(strategy, target, points[str(target)], file=sys.stderr, flush=True)
     return points
+
+
+def drop(pool: list[dict], picked: list[dict]) -> list[dict]:
+    ids = {r["mid"] for r in picked}
+    return [r for r in pool if r["mid"] not in ids]
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8", newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def run_active(args) -> None:
@@ -260,9 +285,10 @@ def run_active(args) -> None:
         "emoticon_rows": args.rows, "epochs": args.epochs, "labelled_weight": args.weight,
     }  # fmt: skip
     for strategy in ("select", "random"):
-        if strategy not in report:
-            report[strategy] = active_rounds(args, strategy, setup, start)
-            save_report(report_json, report)
+        points = report.setdefault(strategy, {})
+        active_rounds(
+            args, strategy, setup, start, points, lambda: save_report(report_json, report)
+        )
     plot_active(report, args.report.with_suffix(".png"))
     args.report.with_suffix(".md").write_text(render_active(report), encoding="utf-8")
 
@@ -317,6 +343,7 @@ def main() -> None:
     ap.add_argument("--aside", type=int, default=2000, help="weibo2018 posts kept for testing")
     ap.add_argument("--weight", type=float, default=5.0, help="loss weight of labelled posts")
     ap.add_argument("--pretrain-lr", type=float, default=None, help="default: pretrain's")
+    ap.add_argument("--select-up-to", type=int, default=500, help="select's last round")
     args = ap.parse_args()
     args.runs.mkdir(parents=True, exist_ok=True)
     if args.part == "pretrain":
