@@ -187,12 +187,10 @@ def pretrain(
     config: Path | None = None, resume: bool = False, overwrite: bool = False, **options
 ) -> None:
     """Continue pretraining a GPT-2 base on unlabelled posts into a new base folder."""
-    import yaml
-
-    from .pretrain import SETTINGS, PretrainConfig
+    from .config import PretrainConfig
+    from .pretrain import SETTINGS
     from .pretrain import pretrain as run_pretraining
 
-    values = {}
     if resume:  # as it was configured; only where the base and the data lie may change
         out = Path(options["out"] or PretrainConfig.model_fields["out"].default)
         moved = ("out", "base_model", "data")
@@ -200,13 +198,7 @@ def pretrain(
         if given or config:
             raise UserError(f"--resume continues {out} as it was configured; drop the other flags")
         config = out / SETTINGS if (out / SETTINGS).is_file() else None
-    if config:
-        try:
-            values = yaml.safe_load(Path(config).read_text(encoding="utf-8")) or {}
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-            raise UserError(f"cannot read config file {config}: {e}") from None
-    values.update({k: v for k, v in options.items() if v is not None})
-    cfg = PretrainConfig.checked(**values)
+    cfg = PretrainConfig.from_sources(config, **options)
     try:
         record = run_pretraining(cfg, resume=resume, overwrite=overwrite)
     except KeyboardInterrupt:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import codecs
 import math
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -42,9 +42,45 @@ NonEmpty = Annotated[str, Field(min_length=1)]
 Share = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
 
 
-class TrainConfig(BaseModel):
+class Options(BaseModel):
+    """A command's options, read the same way from flags, a YAML file and a recorded one."""
+
     # Unknown keys are refused (a typo in a YAML file must not fall back to a default).
     model_config = ConfigDict(extra="forbid", validate_default=True)
+    before_fields: ClassVar[dict] = {}  # options newer than records: their value before
+
+    @classmethod
+    def checked(cls, **values):
+        """Validate, turning pydantic's report into one ``UserError`` line per bad field."""
+        try:
+            return cls(**values)
+        except ValidationError as e:
+            raise UserError(describe(e, "option")) from None
+
+    @classmethod
+    def from_sources(
+        cls, config_file: str | Path | None = None, recorded: bool = False, **overrides
+    ):
+        """Defaults, then the YAML file, then every override that is not None. ``recorded``:
+        the file is a run's own record, so options it predates keep their value of the time."""
+        values: dict = dict(cls.before_fields) if recorded else {}
+        if config_file:
+            try:
+                loaded = yaml.safe_load(Path(config_file).read_text(encoding="utf-8")) or {}
+            except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+                raise UserError(f"cannot read config file {config_file}: {e}") from None
+            if not isinstance(loaded, dict):
+                raise UserError(f"config file {config_file} must be a mapping of options")
+            values.update(loaded)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        unknown = sorted(str(k) for k in set(values) - set(cls.model_fields))
+        if unknown:
+            raise UserError(f"unknown option(s): {', '.join(unknown)}")
+        return cls.checked(**values)
+
+
+class TrainConfig(Options):
+    before_fields: ClassVar[dict] = BEFORE_FIELDS
 
     method: Literal["lora", "adapter", "full"] = option("lora", "lora | adapter | full")
     base_model: NonEmpty = option(DEFAULT_BASE_MODEL, "GPT-2 folder or hub id")
@@ -186,42 +222,11 @@ class TrainConfig(BaseModel):
     def to_dict(self) -> dict:
         return self.model_dump()
 
-    @classmethod
-    def checked(cls, **values) -> TrainConfig:
-        """Validate, turning pydantic's report into one ``UserError`` line per bad field."""
-        try:
-            return cls(**values)
-        except ValidationError as e:
-            raise UserError(describe(e, "option")) from None
-
-    @classmethod
-    def from_sources(
-        cls, config_file: str | Path | None = None, recorded: bool = False, **overrides
-    ) -> TrainConfig:
-        """Defaults, then the YAML file, then every override that is not None. ``recorded``:
-        the file is a run's own record, so options it predates keep their value of the time."""
-        values: dict = dict(BEFORE_FIELDS) if recorded else {}
-        if config_file:
-            try:
-                loaded = yaml.safe_load(Path(config_file).read_text(encoding="utf-8")) or {}
-            except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-                raise UserError(f"cannot read config file {config_file}: {e}") from None
-            if not isinstance(loaded, dict):
-                raise UserError(f"config file {config_file} must be a mapping of options")
-            values.update(loaded)
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        unknown = sorted(str(k) for k in set(values) - set(cls.model_fields))
-        if unknown:
-            raise UserError(f"unknown option(s): {', '.join(unknown)}")
-        return cls.checked(**values)
-
 
 PRETRAIN_LR = {"full": 1e-4, "lora": 5e-4}
 
 
-class PretrainConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
-
+class PretrainConfig(Options):
     base_model: NonEmpty = option(DEFAULT_BASE_MODEL, "GPT-2 folder or hub id to continue from")
     data: list[NonEmpty] = option(
         list, "Unlabelled posts: files, folders or globs (repeat the flag); required", min_length=1
@@ -257,13 +262,6 @@ class PretrainConfig(BaseModel):
     @property
     def learning_rate(self) -> float:
         return self.lr or PRETRAIN_LR[self.method]
-
-    @classmethod
-    def checked(cls, **values) -> PretrainConfig:
-        try:
-            return cls(**values)
-        except ValidationError as e:
-            raise UserError(describe(e, "option")) from None
 
 
 def describe(error: ValidationError, what: str) -> str:

@@ -59,7 +59,7 @@ def join(parts: list[Examples], weights: list[float] | None = None) -> Examples:
     if len(parts) == 1 and not weights:
         return parts[0]
     weighted = weights is not None and any(w != 1 for w in weights)
-    per_row = [w for part, w in zip(parts, weights or [1.0] * len(parts)) for _ in part.texts]
+    per_row = [w for part, w in zip(parts, weights) for _ in part.texts] if weighted else None
     skipped: dict[str, list[int]] = {}
     for part in parts:
         for reason, lines in part.skipped.items():
@@ -71,7 +71,7 @@ def join(parts: list[Examples], weights: list[float] | None = None) -> Examples:
         rows_read=sum(part.rows_read for part in parts),
         skipped=skipped,
         names=parts[0].names,
-        weights=per_row if weighted else None,
+        weights=per_row,
     )
 
 

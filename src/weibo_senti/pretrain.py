@@ -431,18 +431,14 @@ def fit(s: Setup, state: Progress, on_step: Callable[[int], None] | None) -> Non
 
 def step(s: Setup, batch: list[list[int]]) -> float:
     """One optimizer step on this process's share of a global batch of full blocks."""
+    from .train import optimizer_step
+
     acc = s.accelerator
     share = len(batch) // acc.num_processes
     mine = batch[acc.process_index * share : (acc.process_index + 1) * share]
     ids = torch.tensor(mine, device=acc.device)
     loss = s.model(input_ids=ids, labels=ids).loss  # every share is equal: the mean is exact
-    acc.backward(loss)
-    if s.cfg.max_grad_norm:
-        acc.clip_grad_norm_(s.model.parameters(), s.cfg.max_grad_norm)
-    s.optimizer.step()
-    s.scheduler.step()
-    s.optimizer.zero_grad(set_to_none=True)
-    return acc.reduce(loss.detach(), "mean").item()
+    return optimizer_step(s, loss)
 
 
 def after_step(s: Setup, state: Progress, loss: float, bar) -> None:

@@ -582,13 +582,19 @@ def train_step(s: Setup, batch: dict) -> tuple[float, int]:
     total = acc.reduce(local.clone(), "sum")
     loss = step_loss(s.model, batch, s.cfg.label_smoothing, s.class_weight, data_weight)
     loss = loss * (local * acc.num_processes / total)
-    acc.backward(loss)
+    return optimizer_step(s, loss), int(posts)
+
+
+def optimizer_step(s, loss: torch.Tensor) -> float:
+    """Backward, clip, step the optimizer and the schedule (pretraining's too); the loss
+    averaged over processes."""
+    s.accelerator.backward(loss)
     if s.cfg.max_grad_norm:
-        acc.clip_grad_norm_(s.model.parameters(), s.cfg.max_grad_norm)
+        s.accelerator.clip_grad_norm_(s.model.parameters(), s.cfg.max_grad_norm)
     s.optimizer.step()
     s.scheduler.step()
     s.optimizer.zero_grad(set_to_none=True)
-    return acc.reduce(loss.detach(), "mean").item(), int(posts)
+    return s.accelerator.reduce(loss.detach(), "mean").item()
 
 
 def step_loss(
