@@ -20,6 +20,7 @@ import statistics
 import time
 from pathlib import Path
 
+from cpu_isa import describe, restart_with_isa  # same folder
 from peer_onnxruntime import predict_sorted, timed  # same folder: one timing for all
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -198,7 +199,11 @@ def ort_peer_phase(
     work = keep or Path(tempfile.mkdtemp(prefix="bench-ort-"))
     work.mkdir(parents=True, exist_ok=True)
     spec = work / "texts.json"
-    spec.write_text(json.dumps({"texts": texts, "latency_texts": args.latency_texts}))
+    # the peer's quantization config for the ISA its libraries see (the same mask applies)
+    config = "avx512_vnni" if describe()["isa_seen"] in ("AVX512", "AMX") else "avx2"
+    spec.write_text(
+        json.dumps({"texts": texts, "latency_texts": args.latency_texts, "int8_config": config})
+    )
     try:
         done = subprocess.run(
             [args.ort_python, str(PEER_ORT), str(run), str(spec), str(work)],
@@ -219,7 +224,7 @@ def ort_peer_phase(
         rows[f"peer: optimum + ORT {precision}"] = r
     rows["peer: optimum + ORT fp32"]["export_s"] = out["export_s"]
     rows["peer: optimum + ORT int8"]["quantize_s"] = out["quantize_s"]
-    return rows, out["versions"]
+    return rows, out["versions"] | {"int8_config": out["int8_config"]}
 
 
 def real_token_count(args, texts: list[str]) -> int:
@@ -285,6 +290,8 @@ def infer_phase(args, run, ours, precision="fp32", engine="torch"):
 
     batch_predict(texts[:8])  # warm-up
     row, _ = timed(batch_predict, texts, args.latency_texts)
+    if ours:
+        row["choice"] = clf.choice.summary()
     tokens_per_post = real_token_count(args, texts) / len(texts)
     return row | {
         "real_tokens_per_s": row["samples_per_s"] * tokens_per_post,
@@ -325,6 +332,21 @@ def matmul_peak_gflops() -> float:
     return 2 * 2048**3 * n / (time.perf_counter() - t0) / 1e9
 
 
+def mlp_matmul_gflops(dtype_name: str) -> float:
+    """GPT-2's MLP matmul (512 tokens x 768 x 3072) in fp32 or bf16: whether bf16 autocast can
+    pay here (on an AVX2-only CPU its kernels ran 200x slower than fp32's)."""
+    import torch
+
+    dtype = getattr(torch, dtype_name)
+    a, b = torch.randn(512, 768, dtype=dtype), torch.randn(768, 3072, dtype=dtype)
+    a @ b
+    t0, n = time.perf_counter(), 0
+    while n < 3 or time.perf_counter() - t0 < 0.5:
+        a @ b
+        n += 1
+    return 2 * 512 * 768 * 3072 * n / (time.perf_counter() - t0) / 1e9
+
+
 # ----------------------------------------------------------------------------- driver
 def isolated(fn, args, **kw):
     from weibo_senti.isolate import run_isolated
@@ -342,7 +364,7 @@ def main():
     ap.add_argument("--warmup-steps", type=int, default=2)
     ap.add_argument("--infer-texts", type=int, default=256)
     ap.add_argument("--latency-texts", type=int, default=40)
-    ap.add_argument("--agreement-run", default="runs/integration/lora")
+    ap.add_argument("--agreement-run", default="runs/learn/lora-0")
     ap.add_argument("--agreement-texts", type=int, default=2000)
     ap.add_argument("--quick", action="store_true", help="tiny counts, for a smoke run")
     ap.add_argument(
@@ -371,8 +393,14 @@ def main():
         default=".venv-ort/bin/python",
         help="python of an environment with optimum-onnx[onnxruntime] (the ORT peer)",
     )
+    ap.add_argument(
+        "--isa",
+        default="native",
+        help="native, or avx2: the libraries see an AVX2-only CPU (cpu_isa.py)",
+    )
     ap.add_argument("--out", default="benchmarks/results.json")
     args = ap.parse_args()
+    restart_with_isa(args.isa)
     configure_process()
     if args.quick:
         args.train_steps, args.infer_texts, args.latency_texts = 2, 32, 8
@@ -399,11 +427,15 @@ def main():
 
     res = {
         "machine": {
+            **describe(),
             "cpu": platform.processor() or platform.machine(),
             "cores": torch.get_num_threads(),
             "torch": torch.__version__,
             "fast_bf16": cpu_has_fast_bf16(),
             "fp32_matmul_gflops": round(matmul_peak_gflops(), 1),
+            "mlp_matmul_gflops": {
+                d: round(mlp_matmul_gflops(d), 1) for d in ("float32", "bfloat16")
+            },
         },
         "model": args.base_model or "GPT-2 small shape (12x768, vocab 21,128), random weights",
         "train": {},
@@ -578,7 +610,7 @@ def train_table(res) -> str:
 def markdown(res) -> str:
     m = res["machine"]
     lines = [
-        f"Machine: {m['cpu']}, {m['cores']} threads, torch {m['torch']}, "
+        f"Machine: {m.get('label', m['cpu'])}, {m['cores']} threads, torch {m['torch']}, "
         f"AVX512-BF16/AMX: {m['fast_bf16']}, fp32 matmul {m['fp32_matmul_gflops']} GFLOP/s. "
         f"Model: {res['model']}.",
         "",
@@ -609,6 +641,8 @@ def markdown(res) -> str:
         )
     infer = res["infer"]
     ours = infer.get("auto (default)")
+    if ours and "choice" in ours:
+        lines.append(f"\nThe default's measured choice: {ours['choice']}")
     for peer in ("peer: optimum + ORT fp32", "peer: optimum + ORT int8"):
         if ours and peer in infer:
             p = infer[peer]
@@ -691,8 +725,9 @@ def peer_ab_phase(args, run: Path, peer: Path) -> dict[str, list[dict]]:
         order = list(paths.items())[:: 1 if i % 2 == 0 else -1]  # ABBA: drift hits both sides
         for name, predict in order:
             rounds.setdefault(name, []).append(timed(predict, texts, args.latency_texts)[0])
-    graph = clf._copies["int8"].inputs  # ["input_ids"]: the pooled graph, not the fallback
-    rounds["ours auto (default)"][0]["graph_inputs"] = graph
+    rounds["ours auto (default)"][0]["choice"] = clf.choice.summary()
+    if "ort-int8" in clf._copies:  # ["input_ids"]: the pooled graph, not the fallback
+        rounds["ours auto (default)"][0]["graph_inputs"] = clf._copies["ort-int8"].inputs
     return rounds
 
 

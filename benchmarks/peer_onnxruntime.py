@@ -10,7 +10,7 @@ It runs in its own virtual environment, because optimum-onnx pins transformers <
     python benchmarks/peer_onnxruntime.py RUN_FOLDER TEXTS.json WORKDIR   # what bench.py calls
 
 Prints one JSON object: export time, and for fp32 and dynamic int8 (optimum's ORTQuantizer,
-AVX512-VNNI rules) the batch rate, the lone-post latency and the logits of the texts, so that
+with its config for the CPU: AutoQuantizationConfig.avx512_vnni, or .avx2 on AVX2-only CPUs) the batch rate, the lone-post latency and the logits of the texts, so that
 bench.py can check agreement with its own fp32 logits.
 """
 
@@ -32,14 +32,15 @@ def export(run: Path, out: Path) -> float:
     return time.perf_counter() - t0
 
 
-def quantize(fp32_dir: Path, out: Path) -> float:
+def quantize(fp32_dir: Path, out: Path, config_name: str = "avx512_vnni") -> float:
     from optimum.onnxruntime import ORTQuantizer
     from optimum.onnxruntime.configuration import AutoQuantizationConfig
 
     t0 = time.perf_counter()
     if not (out / "model_quantized.onnx").is_file():
         quantizer = ORTQuantizer.from_pretrained(str(fp32_dir))
-        config = AutoQuantizationConfig.avx512_vnni(is_static=False, per_channel=True)
+        make_config = getattr(AutoQuantizationConfig, config_name)  # avx512_vnni or avx2
+        config = make_config(is_static=False, per_channel=True)
         quantizer.quantize(save_dir=str(out), quantization_config=config)
     return time.perf_counter() - t0
 
@@ -110,7 +111,9 @@ def main() -> None:
     spec = json.loads(texts_file.read_text(encoding="utf-8"))
     texts, latency_texts = spec["texts"], spec["latency_texts"]
     fp32_dir, int8_dir = work / "onnx-fp32", work / "onnx-int8"
-    out = {"export_s": export(run, fp32_dir), "quantize_s": quantize(fp32_dir, int8_dir)}
+    config = spec.get("int8_config", "avx512_vnni")
+    out = {"export_s": export(run, fp32_dir), "quantize_s": quantize(fp32_dir, int8_dir, config)}
+    out["int8_config"] = config
     out["fp32"] = measure(fp32_dir, "model.onnx", texts, latency_texts)
     out["int8"] = measure(int8_dir, "model_quantized.onnx", texts, latency_texts)
     import onnxruntime

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import httpx
 from _server import REQUEST_TIMEOUT_S, start_server, stop  # same folder
+from cpu_isa import restart_with_isa
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
@@ -77,7 +78,9 @@ def main() -> None:
     ap.add_argument("--servers", nargs="+", default=["ours", "peer"], choices=list(SERVERS))
     ap.add_argument("--out", default="benchmarks/serve.json")
     ap.add_argument("--plot-only", action="store_true", help="re-draw the PNG from --out")
+    ap.add_argument("--isa", default="native", help="native, or avx2 (cpu_isa.py)")
     args = ap.parse_args()
+    restart_with_isa(args.isa)  # the servers inherit the mask
     if args.plot_only:
         return plot(json.loads(Path(args.out).read_text()), Path(args.out).with_suffix(".png"))
     sys.path.insert(0, str(Path(__file__).parent))

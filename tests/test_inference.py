@@ -9,8 +9,8 @@ import pytest
 import torch
 from test_bank import TEXTS, flipped_run  # noqa: F401  (a fixture: the same task, labels swapped)
 
-from weibo_senti import inference
-from weibo_senti.features import token_budget_batches
+from weibo_senti import autotune, inference
+from weibo_senti.features import encode, token_budget_batches
 from weibo_senti.predict import SentimentClassifier
 
 
@@ -43,45 +43,62 @@ def test_fused_gelu_gives_the_same_logits(trained_runs):
     assert torch.allclose(got, want, atol=1e-5)
 
 
-@pytest.mark.parametrize("fast_bf16", [False, True], ids=["fp32-cpu", "bf16-cpu"])
+def fake_timings(fastest_lone: str, fastest_batch: str):
+    """autotune.measure's answer with ``fastest_lone``/``fastest_batch`` winning: the choice
+    logic, whatever this CPU's own speeds."""
+
+    def measure(runners, shape, device, progress=None):
+        out = {p: {"screen_ms": 1.0, "lone_ms": 10.0, "batch_ms": 100.0} for p in runners}
+        out[fastest_lone]["lone_ms"], out[fastest_batch]["batch_ms"] = 1.0, 50.0
+        return out
+
+    return measure
+
+
+@pytest.mark.parametrize("model_path", ["torch-fp32", "torch-bf16"])
 @pytest.mark.parametrize("method", ["full", "lora"])
-def test_int8_small_passes_agree_with_fp32_and_big_ones_keep_the_precision(
-    trained_runs, method, fast_bf16, monkeypatch
+def test_small_passes_take_the_lone_post_path_and_big_ones_the_batch_path(
+    trained_runs, method, model_path, monkeypatch
 ):
-    """Both CPU kinds on any CPU: what "auto" resolves to (bf16 with AVX512-BF16/AMX, else
-    fp32) was the CPU's own, so on an AVX2-only EPYC the big pass took an fp32 copy the test
-    did not expect."""
+    """int8 the fastest at a lone post, a torch path at the full pass: passes of up to the
+    switch point run on the int8 copy, bigger ones on the model in that path's precision."""
     want = SentimentClassifier.load(trained_runs[method], precision="fp32").predict_proba(TEXTS)
-    monkeypatch.setattr(inference, "int8_rows_for_cpu", lambda: 2)
-    monkeypatch.setattr(inference, "cpu_has_fast_bf16", lambda: fast_bf16)
-    clf = SentimentClassifier.load(trained_runs[method], precision="auto", device="cpu")
-    assert clf.int8_rows == 2 and clf.precision == ("bf16" if fast_bf16 else "fp32")
+    monkeypatch.setattr(autotune, "measure", fake_timings("torch-int8", model_path))
+    monkeypatch.setattr(autotune, "read_cache", lambda key: None)
+    clf = SentimentClassifier.load(
+        trained_runs[method], precision="auto", device="cpu", engine="torch"
+    )
+    assert (clf.choice.lone, clf.choice.batch) == ("torch-int8", model_path), clf.choice
+    assert clf.precision == model_path.split("-")[1] and clf.choice.switch_tokens > 0
     calls = []
     monkeypatch.setattr(
         inference,
         "engine_copy",
         lambda m, p, e, f=inference.engine_copy: calls.append(p) or f(m, p, e),
     )
-    got = clf.predict_proba(TEXTS, batch_size=2)  # passes of 2 rows: int8
-    assert calls == ["int8"] and list(clf._copies) == ["int8"]
+    clf._copies.clear()
+    width = -(-max(len(ids) for ids in encode(clf.tokenizer, TEXTS)[0]) // 8) * 8
+    clf.choice.switch_tokens = 2 * width  # passes of up to 2 rows: int8
+    got = clf.predict_proba(TEXTS, batch_size=2)
+    assert calls == ["int8"] and list(clf._copies) == ["torch-int8"]
     assert (got.argmax(1) == want.argmax(1)).all()
     assert abs(got - want).max() < 0.05
-    big = clf.predict_proba(TEXTS, batch_size=16)  # one pass of 4 rows: not int8
-    # fp32 runs on ONNX Runtime's fp32 copy where the engine is ONNX Runtime, bf16 on the model
-    fp32_copy = ["fp32"] if clf.precision == "fp32" and clf.engine == "onnxruntime" else []
-    assert calls == ["int8", *fp32_copy] and list(clf._copies) == ["int8", *fp32_copy]
-    assert abs(big - want).max() < (0.02 if fast_bf16 else 1e-5)  # the precision it keeps
+    big = clf.predict_proba(TEXTS, batch_size=16)  # one pass of 4 rows: the model itself
+    assert calls == ["int8"]
+    assert abs(big - want).max() < (0.02 if model_path == "torch-bf16" else 1e-5)
 
 
 def test_int8_copy_follows_the_adapters(trained_runs, flipped_run, monkeypatch):  # noqa: F811
     """Adding an adapter drops the int8 copy (it holds the old weights); rows for another
     adapter never take it; removing back to one adapter rebuilds it from the right weights."""
-    monkeypatch.setattr(inference, "int8_rows_for_cpu", lambda: 1 << 30)
-    clf = SentimentClassifier.load(trained_runs["lora"], precision="auto", name="weibo")
+    monkeypatch.setattr(autotune, "measure", fake_timings("torch-int8", "torch-int8"))
+    monkeypatch.setattr(autotune, "read_cache", lambda key: None)
+    clf = SentimentClassifier.load(trained_runs["lora"], name="weibo", engine="torch")
+    assert clf.choice.batch == "torch-int8"
     clf.merge_single = True
     fp32 = SentimentClassifier.load(flipped_run, precision="fp32").predict_proba(TEXTS)
     clf.predict(TEXTS)
-    assert "int8" in clf._copies
+    assert "torch-int8" in clf._copies
     clf.add_adapter("flip", flipped_run)
     assert not clf._copies and clf.bank.merged is None
     flip = clf.predict_proba(TEXTS, adapter="flip")
@@ -90,7 +107,7 @@ def test_int8_copy_follows_the_adapters(trained_runs, flipped_run, monkeypatch):
     clf.remove_adapter("weibo")
     assert clf.bank.merged == "flip"
     again = clf.predict_proba(TEXTS)
-    assert "int8" in clf._copies
+    assert "torch-int8" in clf._copies
     assert (again.argmax(1) == fp32.argmax(1)).all() and abs(again - fp32).max() < 0.05
 
 
@@ -111,9 +128,19 @@ def test_torch_int8_never_saturates_u8s8_pairs():
 
 
 def test_int8_needs_vnni(monkeypatch):
-    monkeypatch.setattr(inference, "cpu_flags", lambda: {"avx2"})
-    assert inference.int8_rows_for_cpu() == 0
-    monkeypatch.setattr(inference, "cpu_flags", lambda: {"avx512_vnni", "amx_bf16", "amx_int8"})
+    monkeypatch.setattr(inference, "cpu_features", lambda: {"avx2"})
+    assert inference.int8_rows_for_cpu() == 0 and not inference.cpu_has_fast_bf16()
+    monkeypatch.setattr(inference, "cpu_features", lambda: {"vnni", "amx_tile", "avx512_bf16"})
     assert inference.int8_rows_for_cpu() == 4
-    monkeypatch.setattr(inference, "cpu_flags", lambda: {"avx512_vnni", "avx512_bf16"})
-    assert inference.int8_rows_for_cpu() > 1000
+    monkeypatch.setattr(inference, "cpu_features", lambda: {"vnni", "avx512_bf16"})
+    assert inference.int8_rows_for_cpu() > 1000 and inference.cpu_has_fast_bf16()
+
+
+def test_cpu_features_follow_what_torch_sees(monkeypatch):
+    """torch's probes where they exist (a masked CPU counts), /proc/cpuinfo's flags otherwise."""
+    monkeypatch.setattr(torch.cpu, "_is_vnni_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert not inference.cpu_features() & {"vnni", "amx_tile"}
+    monkeypatch.delattr(torch.cpu, "_is_vnni_supported")
+    monkeypatch.setattr(inference, "cpu_flags", lambda: {"avx2", "avx512_vnni", "avx512_bf16"})
+    assert inference.cpu_features() == {"avx2", "vnni", "avx512_bf16"}

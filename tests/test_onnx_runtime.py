@@ -101,7 +101,7 @@ def test_onnxruntime_int8_agrees_with_fp32_and_is_exported_once(
         clf = SentimentClassifier.load(trained_runs[method], precision="int8")
         assert clf.engine == "onnxruntime"
         got = clf.predict_proba(TEXTS)
-        assert isinstance(clf._copies["int8"], onnx_runtime.OrtClassifier)
+        assert isinstance(clf._copies["ort-int8"], onnx_runtime.OrtClassifier)
         assert (got.argmax(1) == want.argmax(1)).all()
         assert np.abs(got - want).max() < 0.05
     assert len(exports) == 1  # the second load found the cached file
@@ -109,7 +109,7 @@ def test_onnxruntime_int8_agrees_with_fp32_and_is_exported_once(
     assert len(files) == 1 and not list((tmp_path / "onnx").glob(".*"))  # no temp folder left
     fp32 = SentimentClassifier.load(trained_runs[method], precision="fp32")
     got = fp32.predict_proba(TEXTS)  # the same export's fp32 graph
-    assert list(fp32._copies) == ["fp32"] and len(exports) == 1
+    assert list(fp32._copies) == ["ort-fp32"] and len(exports) == 1
     assert np.abs(got - want).max() < 1e-5
 
 
@@ -163,9 +163,9 @@ def test_int8_matmul_is_right_on_this_cpu_even_where_u8s8_saturates(tmp_path):
         x[:, 0] = 0.0  # the zero point at 0: every other input quantizes to 255
         got = session.run(None, {"x": x})[0]
         assert np.abs(got - x @ w).max() < 0.01 * np.abs(x @ w).max(), rows
-    flags = inference.cpu_flags()
-    if "avx2" in flags:  # ONNX Runtime picks the kernel by CPUID: VNNI or the int16 pairs
-        assert onnx_runtime.int8_weight_bits() == (8 if flags & inference.VNNI_FLAGS else 7)
+    if torch.cpu._is_avx2_supported():  # ONNX Runtime picks the kernel by CPUID, as torch does
+        vnni = torch.cpu._is_vnni_supported() or torch.cpu._is_amx_tile_supported()
+        assert onnx_runtime.int8_weight_bits() == (8 if vnni else 7)
 
 
 @needs_ort
@@ -232,7 +232,7 @@ def test_torch_int8_engine_still_agrees_with_fp32(trained_runs):
     want = SentimentClassifier.load(trained_runs["full"], precision="fp32").predict_proba(TEXTS)
     clf = SentimentClassifier.load(trained_runs["full"], precision="int8", engine="torch")
     got = clf.predict_proba(TEXTS)
-    assert isinstance(clf._copies["int8"], inference.TorchInt8)
+    assert isinstance(clf._copies["torch-int8"], inference.TorchInt8)
     assert (got.argmax(1) == want.argmax(1)).all() and np.abs(got - want).max() < 0.05
 
 
@@ -270,15 +270,15 @@ def test_onnxruntime_answers_any_number_of_labels_like_torch(
     assert want.shape == (len(TEXTS), width)
     fp32 = SentimentClassifier.load(run, precision="fp32", engine="onnxruntime")
     got = fp32.predict_proba(TEXTS)
-    assert isinstance(fp32._copies["fp32"], onnx_runtime.OrtClassifier)
+    assert isinstance(fp32._copies["ort-fp32"], onnx_runtime.OrtClassifier)
     assert got.shape == want.shape and np.abs(got - want).max() < 1e-5
     int8 = SentimentClassifier.load(run, precision="int8", engine="onnxruntime")
     got = int8.predict_proba(TEXTS)
-    assert isinstance(int8._copies["int8"], onnx_runtime.OrtClassifier)
+    assert isinstance(int8._copies["ort-int8"], onnx_runtime.OrtClassifier)
     assert got.shape == want.shape and np.abs(got - want).max() < 0.05
     assert [p.label for p in int8.predict(TEXTS)] == [fp32.labels[k] for k in want.argmax(1)]
     torch_int8 = SentimentClassifier.load(run, precision="int8", engine="torch")
     got = torch_int8.predict_logits(TEXTS)[0]
-    assert isinstance(torch_int8._copies["int8"], inference.TorchInt8)
+    assert isinstance(torch_int8._copies["torch-int8"], inference.TorchInt8)
     assert got.shape == logits.shape
     assert np.abs(got - logits).max() < 0.03 * np.abs(logits).max()

@@ -403,6 +403,9 @@ def predict(
     gpus_per_worker: Annotated[float, Opt(min=0.0, help="Ray engine: GPUs per actor")] = 0.0,
     cpus_per_worker: CpusPerWorker = None,
     allow_incomplete: AllowIncomplete = False,
+    verbose: Annotated[
+        bool, Opt(help="Say on stderr which inference path runs and the timings behind it")
+    ] = False,
 ):
     """Classify texts: an interactive console, --text one-shot, or --input files of any size."""
     from . import bulk
@@ -420,6 +423,8 @@ def predict(
         output_kind(output)  # refuse a bad suffix before the model loads
     bulk.precheck(output, resume, overwrite, input)  # before the model loads
     clf = load_classifier(run, adapter, base_model, precision, allow_incomplete)
+    if verbose:
+        typer.echo(clf.choice.summary(), err=True)
     if use:
         clf.use(use)
     if input is not None:
@@ -793,7 +798,8 @@ def serve(
     check_serve_adapters(run, adapter, adapter_root, admin_token, max_adapters)
     check_bind(host, port)
     clf = load_classifier(run, adapter, base_model, precision)
-    typer.echo(f"serving {', '.join(clf.adapters) or run} on http://{host}:{port}/", err=True)
+    where = f"serving {', '.join(clf.adapters) or run} on http://{host}:{port}/"
+    typer.echo(f"{where}; {clf.choice.headline()}", err=True)
     for name in ("run", "adapter", "base_model", "precision"):
         del server[name]
     run_server(clf, **server)

@@ -10,34 +10,54 @@ from torch import nn
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
 
 
-def cpu_flags() -> set[str]:
+def cpu_info() -> str:
     try:
-        text = open("/proc/cpuinfo", encoding="ascii", errors="ignore").read()
+        return open("/proc/cpuinfo", encoding="ascii", errors="ignore").read()
     except OSError:
-        return set()
-    return {flag for line in text.splitlines() if line.startswith("flags") for flag in line.split()}
+        return ""
+
+
+def cpu_flags() -> set[str]:
+    return {f for line in cpu_info().splitlines() if line.startswith("flags") for f in line.split()}
+
+
+def cpu_model_name() -> str:
+    for line in cpu_info().splitlines():
+        if line.startswith("model name"):
+            return line.partition(":")[2].strip()
+    return ""
+
+
+def cpu_features() -> set[str]:
+    """Which of avx2, avx512_bf16, amx_tile and vnni (AVX512-VNNI or AVX-VNNI) the CPU has, as
+    torch's own dispatch sees it (cpuinfo: a masked or emulated CPU too), else as
+    /proc/cpuinfo lists it."""
+    names = ("avx2", "avx512_bf16", "amx_tile", "vnni")
+    probes = {name: getattr(torch.cpu, f"_is_{name}_supported", None) for name in names}
+    if all(probes.values()):
+        return {name for name, probe in probes.items() if probe()}
+    flags = cpu_flags()
+    return {n for n in names if flags & {n, f"avx512_{n}", f"avx_{n}", f"amx_{n}"}}
 
 
 def cpu_has_fast_bf16() -> bool:
-    """bf16 matmuls beat fp32 only with AVX512-BF16 or AMX; elsewhere autocast just adds casts."""
-    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
-
-
-# u8 x s8 dot products in int32 (VPDPBUSD, AMX): fast int8, and no int16 pair sums to saturate
-VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+    """bf16 matmuls beat fp32 only with AVX512-BF16 or AMX; elsewhere autocast just adds casts
+    (on an AVX2-only CPU a lone post ran 56x slower under it)."""
+    return bool(cpu_features() & {"avx512_bf16", "amx_tile"})
 
 
 def int8_rows_for_cpu() -> int:
-    """Under "auto", forward passes of up to this many rows run on dynamic int8 weights.
+    """Under the CPU-flag rules (autotune.rules_choice: only when timing failed), forward passes
+    of up to this many rows run on dynamic int8 weights.
 
     int8 needs VNNI (or AMX-INT8) to be fast. With AMX, bf16 wins from about a dozen rows on
     (Xeon, GPT-2 small: int8 3.0x faster than bf16 for one post, 0.92x at 16); without AMX,
     int8 wins at every size (EPYC with AVX512-BF16/VNNI: 2.9x at 1 row, 2.0x at 8, 1.5x at 32).
     """
-    flags = cpu_flags()
-    if not flags & VNNI_FLAGS:
+    features = cpu_features()
+    if not features & {"vnni", "amx_tile"}:
         return 0
-    return 4 if "amx_bf16" in flags else 1 << 30
+    return 4 if "amx_tile" in features else 1 << 30
 
 
 def resolve(precision: str, device: torch.device) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import inference, modeling, runfolder
+from . import autotune, inference, modeling, onnx_runtime, runfolder
 from .bank import AdapterBank
 from .errors import UserError
 from .features import encode, pad_batch, token_budget_batches
@@ -66,11 +66,11 @@ class SentimentClassifier:
         # 512 was fastest for a sorted mix of real posts (GPT-2 small, 2 cores: 512 ≥ 1024 >
         # 2048 tokens, bf16 and int8); a GPU wants its batches whole.
         self.max_tokens = 512 if self.device.type == "cpu" else 1 << 30
-        # "auto" on a CPU: small passes of a single model run on int8 weights (inference.py)
-        self.int8_rows = 0
         self.engine = "torch"  # or "onnxruntime" (inference.cpu_engine)
-        # copies of the single model for fp32/int8 passes on the engine, built on first use,
-        # dropped when adapters change (they hold the weights of the time)
+        # the path each pass takes (autotune.py: measured under "auto")
+        self.choice = autotune.fixed(precision, "torch", f"precision {precision}")
+        # copies of the single model for the ort-*/torch-int8 paths, keyed by path, built on
+        # first use, dropped when adapters change (they hold the weights of the time)
         self._copies: dict[str, object] = {}
         self.merge_single = False  # fold a lone LoRA adapter back in after removals
 
@@ -106,8 +106,9 @@ class SentimentClassifier:
             runfolder.require_complete(run, info)
         tokenizer = runfolder.run_tokenizer(run, info)
         device = device or ("cuda" if torch.cuda.is_available() and precision != "int8" else "cpu")
-        auto_cpu = precision == "auto" and torch.device(device).type == "cpu"
-        precision = inference.resolve(precision, torch.device(device))
+        requested = precision
+        # "auto" starts in fp32; the measured choice (tune) settles the model's own precision
+        precision = "fp32" if precision == "auto" else inference.resolve(precision, device)
         if info.method == "full":
             model = runfolder.load_full_model(run)
             modeling.check_tokenizer_fits(tokenizer, model.config)
@@ -123,13 +124,66 @@ class SentimentClassifier:
             elif merge:
                 clf.bank.merge()
         clf.merge_single = merge
+        engine = engine or os.environ.get("WEIBO_SENTI_ENGINE", "auto")
         if clf.device.type == "cpu":
-            clf.engine = inference.cpu_engine(
-                engine or os.environ.get("WEIBO_SENTI_ENGINE", "auto")
-            )
-        if precision == "int8" or auto_cpu:
-            clf.int8_rows = 1 << 30 if precision == "int8" else inference.int8_rows_for_cpu()
+            clf.engine = inference.cpu_engine(engine)
+        clf.tune(requested, engine)
         return clf
+
+    def tune(self, precision: str = "auto", engine: str = "auto") -> autotune.Choice:
+        """Settle the path each pass takes: measured under "auto" (autotune.choose), else the
+        requested precision on the engine. The flag rules only where timing fails."""
+        if precision != "auto":
+            self.choice = autotune.fixed(self.precision, self.engine, f"--precision {precision}")
+            return self.choice
+        request = autotune.Request(
+            self._path_runner,
+            self._candidates(engine),
+            self._shape(),
+            self.device,
+            lambda path: self._copies.pop(path, None),
+        )
+        if "ort-int8" in request.candidates and not onnx_runtime.int8_weight_bits():
+            request.candidates.remove("ort-int8")
+            request.refused["ort-int8"] = "ONNX Runtime's uint8 x int8 matmul saturates here"
+        try:
+            self.choice = autotune.choose(request)
+        except Exception as e:  # noqa: BLE001 - any failure to time leaves the flag rules
+            why = f"timing failed ({type(e).__name__}: {e})".splitlines()[0][:200]
+            log.warning("could not time the inference paths, using the CPU-flag rules: %s", why)
+            self.choice = autotune.rules_choice(self.device, self.engine, why)
+        self.precision = self.choice.model
+        return self.choice
+
+    def _candidates(self, engine: str) -> list[str]:
+        """The paths "auto" may take: torch's on any device; on a CPU also int8 and ONNX
+        Runtime's, where a single model runs (copies cannot serve several adapters).
+        WEIBO_SENTI_ENGINE=torch or onnxruntime keeps the fp32/int8 paths to that engine."""
+        if self.device.type == "cuda":
+            return ["torch-fp32"] + (["torch-bf16"] if torch.cuda.is_bf16_supported() else [])
+        paths = ["torch-fp32", "torch-bf16"]
+        if self.bank is not None and self.bank.merged is None:
+            return paths
+        if engine != "onnxruntime":
+            paths.append("torch-int8")
+        if self.engine == "onnxruntime":
+            paths = [p for p in paths if p != "torch-fp32"] + ["ort-fp32", "ort-int8"]
+            paths = paths if engine == "onnxruntime" else ["torch-fp32", *paths]
+        return paths
+
+    def _shape(self) -> dict:
+        """What a pass's time depends on besides the machine (autotune's cache key)."""
+        config = self.model.config
+        return {
+            "layers": config.num_hidden_layers,
+            "width": config.hidden_size,
+            "heads": config.num_attention_heads,
+            "vocab": config.vocab_size,
+            "labels": config.num_labels,
+            "method": self._info.method,
+            "budget": min(self.max_tokens, 4096),
+            "pad": self.tokenizer.pad_token_id,
+        }
 
     # ------------------------------------------------------------------ adapters
     def add_adapter(self, name: str, run: str | Path, allow_incomplete: bool = False) -> None:
@@ -267,35 +321,47 @@ class SentimentClassifier:
         return self._forward(batch, self._row_adapters(None, len(batch["input_ids"])))
 
     def _forward(self, batch: dict, names: list[str | None]) -> torch.Tensor:
-        copy_ = self._engine_copy(names)
-        if copy_ is not None:
-            return copy_(batch["input_ids"], batch["attention_mask"])
-        with inference.autocast(self.precision, self.device):
+        return self._run_path(self.choice.path_for(batch["input_ids"].numel()), batch, names)
+
+    def _run_path(self, path: str, batch: dict, names: list[str | None]) -> torch.Tensor:
+        """One pass on ``path``: a copy's (ort-*, torch-int8) where one model answers every
+        row, else the model itself, under the path's precision if it is torch-fp32/bf16."""
+        engine, precision = autotune.split(path)
+        if (engine != "torch" or precision == "int8") and self._single(names):
+            return self._copy(path)(batch["input_ids"], batch["attention_mask"])
+        if engine != "torch" or precision == "int8":
+            precision = self.precision
+        with inference.autocast(precision, self.device):
             if self.bank is None:
                 return self.model(**batch).logits
             return self.bank.forward(batch, names)
 
-    def _engine_copy(self, names: list[str | None]):
-        """The copy of the single model that runs this pass (int8 for passes of up to
-        ``int8_rows`` rows, fp32 on ONNX Runtime), or None: the model itself runs it."""
-        if len(names) <= self.int8_rows:
-            precision = "int8"
-        elif self.precision == "fp32" and self.engine == "onnxruntime":
-            precision = "fp32"
-        else:
-            return None
-        if self.bank is not None and not (self.bank.merged and set(names) == {self.bank.merged}):
-            return None  # rows for several adapters, or one not merged
-        if precision not in self._copies:
-            self._copies[precision] = inference.engine_copy(
-                self._plain_model(), precision, self.engine
-            )
-        return self._copies[precision]
+    def _path_runner(self, path: str):
+        """``path`` as a function of (input_ids, attention_mask), for autotune."""
 
-    def _plain_model(self):
+        def run(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            batch = {"input_ids": input_ids, "attention_mask": attention_mask}
+            return self._run_path(path, batch, self._row_adapters(None, len(input_ids)))
+
+        return run
+
+    def _single(self, names: list[str | None]) -> bool:
+        """Whether one plain model answers these rows (no adapters, or one merged)."""
+        return self.bank is None or (
+            self.bank.merged is not None and set(names) == {self.bank.merged}
+        )
+
+    def _copy(self, path: str):
+        """The single model's copy for ``path``, built on first use."""
+        if path not in self._copies:
+            engine, precision = autotune.split(path)
+            self._copies[path] = inference.engine_copy(self._plain_model(engine), precision, engine)
+        return self._copies[path]
+
+    def _plain_model(self, engine: str):
         """The single model without PEFT's wrapping; a copy where the engine changes it."""
         if self.bank is None:
-            keep = self.engine == "onnxruntime" or self.precision == "int8"
+            keep = engine == "onnxruntime" or self.precision == "int8"
             return self._model if keep else copy.deepcopy(self._model)
         plain = copy.deepcopy(self.bank.peft)
         plain.unmerge_adapter()

@@ -428,6 +428,7 @@ def create_app(
         explain_queue=explain_queue,
     )
     telemetry = Telemetry()
+    telemetry.engine(clf.choice)
     # refuses a bad bound now, before the server starts
     adapters = RuntimeAdapters(clf, adapter_root, max_adapters, telemetry)
     state = {"ready": False, "batcher": None, "telemetry": telemetry, "adapters": adapters}

@@ -49,6 +49,32 @@ class Telemetry:
             registry=r,
         )
 
+    def engine(self, choice) -> None:
+        """The inference paths in use (autotune.Choice) and the timings they were chosen by."""
+        from prometheus_client import Gauge, Info
+
+        info = Info(
+            "weibo_senti_engine", "Inference paths: lone posts, batches", registry=self.registry
+        )
+        info.info(
+            {
+                "lone": choice.lone,
+                "batch": choice.batch,
+                "switch_tokens": str(choice.switch_tokens),
+                "source": choice.how,
+            }
+        )
+        timed = Gauge(
+            "weibo_senti_engine_pass_milliseconds",
+            "Measured milliseconds per forward pass, by path, at a lone post and a full pass",
+            ["path", "size"],
+            registry=self.registry,
+        )
+        for path, t in choice.timings.items():
+            for size in ("lone", "batch"):
+                if f"{size}_ms" in t:
+                    timed.labels(path, size).set(t[f"{size}_ms"])
+
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         """`route` must be bounded already (a route template or "other")."""
         method = method if method in METHODS else "other"
