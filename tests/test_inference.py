@@ -144,3 +144,26 @@ def test_cpu_features_follow_what_torch_sees(monkeypatch):
     monkeypatch.delattr(torch.cpu, "_is_vnni_supported")
     monkeypatch.setattr(inference, "cpu_flags", lambda: {"avx2", "avx512_vnni", "avx512_bf16"})
     assert inference.cpu_features() == {"avx2", "vnni", "avx512_bf16"}
+
+
+def test_the_default_rows_per_pass_follow_the_device(trained_runs, monkeypatch):
+    """16 rows on a CPU (the token budget binds first), 256 on a GPU; an explicit size wins."""
+    from weibo_senti.predict import default_batch_rows
+
+    assert default_batch_rows(torch.device("cpu")) == 16
+    assert default_batch_rows(torch.device("cuda")) == 256
+    clf = SentimentClassifier.load(trained_runs["full"], precision="fp32", engine="torch")
+    assert clf.batch_rows == 16
+    passes = []
+    real = clf._forward
+    monkeypatch.setattr(clf, "_forward", lambda b, n: passes.append(len(n)) or real(b, n))
+    texts = ["好"] * 40  # 8 padded tokens each: the 512-token budget would take 64 rows
+    clf.predict_proba(texts)
+    assert passes == [16, 16, 8]
+    passes.clear()
+    clf.batch_rows = 32
+    clf.predict_proba(texts)
+    assert passes == [32, 8]
+    passes.clear()
+    clf.predict_proba(texts, batch_size=40)
+    assert passes == [40]

@@ -61,7 +61,7 @@ class Predictor:
         text_column: str | None = "review",
         prefix: str = "pred_",
         adapter_column: str = "adapter",
-        batch_size: int = 16,
+        batch_size: int | None = None,
         precision: str = "auto",
         base_model: str | None = None,
     ):
@@ -702,7 +702,7 @@ def make_job(shards: list[Shard], output, predictor: Predictor, chunk_rows: int)
         "text columns": [s.text_column for s in shards],
         "prefix": predictor.added,
         "adapter column": predictor.adapter_column,
-        "batch size": predictor.batch_size,
+        "batch size": predictor.batch_size or clf.batch_rows,
         "chunk rows": chunk_rows,
     }
     return Job(shards, output, predictor, chunk_rows, fingerprint)

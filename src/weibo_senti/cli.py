@@ -38,7 +38,10 @@ InferPrecision = Annotated[
 ]
 TextColumn = Annotated[str, Opt(help="Text column of the file")]
 Encoding = Annotated[str | None, Opt(help="File encoding (default: detect UTF-8/BOM/UTF-16/GBK)")]
-BatchSize = Annotated[int, Opt(min=1, help="Posts per forward pass (16: the CPU optimum measured)")]
+BatchSize = Annotated[
+    int | None,
+    Opt(min=1, help="Posts per forward pass (default: 16 on a CPU, 256 on a GPU)"),
+]
 AllowIncomplete = Annotated[
     bool,
     Opt(help="Use a run that has not finished training (its best epoch so far, uncalibrated)"),
@@ -242,7 +245,7 @@ def select_posts(
     label_column: Annotated[str, Opt(help="Name of the empty column to fill in")] = "label",
     encoding: Encoding = None,
     base_model: RunBase = None,
-    batch_size: BatchSize = 16,
+    batch_size: BatchSize = None,
     seed: Annotated[int, Opt(help="Seed of the clustering")] = 42,
     overwrite: Annotated[bool, Opt(help="Replace --out if it exists")] = False,
 ) -> None:
@@ -305,7 +308,7 @@ def evaluate(
     strip_emoticons: Annotated[
         bool, Opt(help="Remove emoticons ([哈哈] codes and emoji) before predicting")
     ] = False,
-    batch_size: BatchSize = 16,
+    batch_size: BatchSize = None,
     precision: InferPrecision = "auto",
     reliability: Annotated[
         Path | None, Opt(help="Write a reliability diagram PNG here (extra: compare)")
@@ -390,7 +393,7 @@ def predict(
     base_model: RunBase = None,
     text_column: InputTextColumn = None,
     encoding: Encoding = None,
-    batch_size: BatchSize = 16,
+    batch_size: BatchSize = None,
     precision: InferPrecision = "auto",
     as_json: Annotated[bool, Opt("--json", help="Print JSON lines instead of text")] = False,
     prefix: Prefix = "pred_",

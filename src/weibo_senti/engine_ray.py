@@ -118,7 +118,7 @@ def score(
     *,
     text_column: str | None = "review",
     prefix: str = "pred_",
-    batch_size: int = 16,
+    batch_size: int | None = None,
     precision: str = "auto",
     base_model: str | None = None,
     overwrite: bool = False,

@@ -19,7 +19,7 @@ def evaluate(
     label_column: str = "label",
     encoding: str | None = None,
     strip: bool = False,
-    batch_size: int = 16,
+    batch_size: int | None = None,
     reliability: Path | None = None,
     label_map: dict[str, str | None] | None = None,
     confusion: Path | None = None,

@@ -157,7 +157,7 @@ class Request:
     text_column: str | None = None
     label_column: str = "label"
     encoding: str | None = None
-    batch_size: int = 16
+    batch_size: int | None = None  # the classifier's batch_rows
     seed: int = 42
     base_model: str | None = None
     overwrite: bool = False
@@ -257,5 +257,6 @@ def score_pool(clf, shards: list, req: Request, cands: Candidates) -> None:
 
 
 def score_chunk(clf, chunk: list[tuple[str, dict]], req: Request, cands: Candidates) -> None:
-    probs, feats = probs_and_features(clf, [t for t, _ in chunk], req.batch_size)
+    rows = req.batch_size or clf.batch_rows
+    probs, feats = probs_and_features(clf, [t for t, _ in chunk], rows)
     cands.offer(uncertainty(probs, req.strategy), feats, [row for _, row in chunk])
