@@ -186,6 +186,15 @@ OUR_PATHS = [
 PEER_ORT = Path(__file__).with_name("peer_onnxruntime.py")
 
 
+def our_paths() -> list[tuple[str, str, str]]:
+    """OUR_PATHS, less bf16 where the CPU has no fast bf16: there its autocast kernels run
+    ~170x slower than fp32 (a 256-post row would take 40 minutes; auto's own timing and
+    mlp_matmul_gflops record it)."""
+    from weibo_senti.inference import cpu_has_fast_bf16
+
+    return [p for p in OUR_PATHS if p[1] != "bf16" or cpu_has_fast_bf16()]
+
+
 def ort_peer_phase(
     args, run: Path, texts: list[str], keep: Path | None = None
 ) -> tuple[dict, dict]:
@@ -310,7 +319,7 @@ def agreement_phase(args):
     ref = SentimentClassifier.load(args.agreement_run, merge=False, precision="fp32")
     ref = ref.predict_proba(texts)
     out = {"run": str(args.agreement_run), "n": len(texts)}
-    for name, kw in [(name, dict(precision=p, engine=e)) for name, p, e in OUR_PATHS]:
+    for name, kw in [(name, dict(precision=p, engine=e)) for name, p, e in our_paths()]:
         p = SentimentClassifier.load(args.agreement_run, **kw).predict_proba(texts)
         out[name] = {
             "label_agreement": float((p.argmax(1) == ref.argmax(1)).mean()),
@@ -374,6 +383,11 @@ def main():
     )
     ap.add_argument("--checkpointing", action="store_true", help="also train with it on")
     ap.add_argument("--train-only", action="store_true", help="only the training phases")
+    ap.add_argument(
+        "--infer-only",
+        action="store_true",
+        help="only the inference phases; an existing --out file keeps its training rows",
+    )
     ap.add_argument(
         "--repeats",
         type=int,
@@ -442,7 +456,9 @@ def main():
         "infer": {},
     }
     bf16 = ["no", "bf16"] if cpu_has_fast_bf16() else ["no"]
-    for method in args.methods:
+    if args.infer_only and Path(args.out).is_file():
+        res["train"] = json.loads(Path(args.out).read_text()).get("train", {})
+    for method in [] if args.infer_only else args.methods:
         ref = isolated(train_phase, args, method=method, ours=False)
         row = {"reference": ref}
         variants = [(p, False) for p in bf16] + [(p, True) for p in bf16 if args.checkpointing]
@@ -463,7 +479,7 @@ def main():
     ref = isolated(infer_phase, args, run=run, ours=False)
     res["infer"]["reference"] = ref
     rows = {}
-    for name, prec, engine in OUR_PATHS:
+    for name, prec, engine in our_paths():
         rows[name] = isolated(infer_phase, args, run=run, ours=True, precision=prec, engine=engine)
         print(name, json.dumps(rows[name]), flush=True)
     if Path(args.ort_python).is_file():

@@ -32,6 +32,7 @@ def variants(clf, work: Path) -> dict:
 
     from weibo_senti import onnx_runtime
 
+    work.mkdir(parents=True, exist_ok=True)
     fp32 = work / "fp32.onnx"
     onnx_runtime.export_fp32(clf._plain_model("onnxruntime").eval(), fp32)
     out = {}
