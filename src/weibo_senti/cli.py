@@ -801,11 +801,16 @@ def serve(
     check_serve_adapters(run, adapter, adapter_root, admin_token, max_adapters)
     check_bind(host, port)
     clf = load_classifier(run, adapter, base_model, precision)
-    where = f"serving {', '.join(clf.adapters) or run} on http://{host}:{port}/"
-    typer.echo(f"{where}; {clf.choice.headline()}", err=True)
+    typer.echo(serving_line(clf, run, host, port), err=True)
     for name in ("run", "adapter", "base_model", "precision"):
         del server[name]
     run_server(clf, **server)
+
+
+def serving_line(clf, run, host: str, port: int) -> str:
+    """Where the server listens, what it serves, and the inference path it runs."""
+    served = ", ".join(clf.adapters) or run
+    return f"serving {served} on http://{host}:{port}/; {clf.choice.headline()}"
 
 
 def check_serve_adapters(run, adapters, root, token, max_adapters: int) -> None:
