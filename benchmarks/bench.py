@@ -84,63 +84,18 @@ def train_phase(args, method, ours, precision="no", checkpointing=False):
     import torch
     from transformers import get_linear_schedule_with_warmup
 
-    from weibo_senti import TrainConfig, inference, modeling
-    from weibo_senti.features import Collator, EncodedDataset, EpochBatchSampler, encode
-    from weibo_senti.train import enable_checkpointing, make_optimizer
+    from weibo_senti import TrainConfig
+    from weibo_senti.train import make_optimizer
 
     configure_process()
     torch.manual_seed(0)
     cfg = TrainConfig(method=method)
-    base = build_model(args)
-    if checkpointing:
-        enable_checkpointing(base)
-    model = modeling.apply_method(inference.fuse_gelu(base) if ours else base, cfg)
-    if ours:  # as train.setup does on a CPU
-        from types import SimpleNamespace
-
-        from weibo_senti.train import cpu_training_speedups
-
-        acc = SimpleNamespace(
-            device=torch.device("cpu"), num_processes=1, mixed_precision=precision
-        )
-        cpu_training_speedups(model, cfg, acc)
-    model.train()
+    model = train_model(args, cfg, ours, precision, checkpointing)
     steps = args.warmup_steps + args.train_steps
     # Both procedures make exactly one epoch over the same pool of real posts, so ours pays
     # the padding its length grouping leaves over the whole pool, not over a lucky sample.
     texts, labels = load_texts(args, steps * 16)
-    tokenize_s = 0.0
-    if ours:
-        tok = fast_tokenizer(args)  # model_max_length = cfg.max_length
-        t0 = time.perf_counter()
-        ids, _ = encode(tok, texts)  # once, batched, fast tokenizer
-        tokenize_s = time.perf_counter() - t0
-        sampler = EpochBatchSampler([len(x) for x in ids], 16, seed=0, group_by_length=True)
-        loader = torch.utils.data.DataLoader(
-            EncodedDataset(ids, labels), batch_sampler=sampler, collate_fn=Collator(0)
-        )
-    else:
-        tok = slow_tokenizer(args)
-
-        class SeedDataset(torch.utils.data.Dataset):  # as in the seeds' scripts
-            def __len__(self):
-                return len(texts)
-
-            def __getitem__(self, i):
-                enc = tok(
-                    texts[i],
-                    padding="max_length",
-                    truncation=True,
-                    max_length=128,
-                    return_tensors="pt",
-                )
-                return {
-                    "input_ids": enc["input_ids"][0],
-                    "attention_mask": enc["attention_mask"][0],
-                    "labels": torch.tensor(labels[i]),
-                }
-
-        loader = torch.utils.data.DataLoader(SeedDataset(), batch_size=16, shuffle=True)
+    loader, tokenize_s = (ours_loader if ours else seed_loader)(args, texts, labels)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = make_optimizer(model, cfg) if ours else torch.optim.AdamW(params, lr=cfg.lr)
     sched = get_linear_schedule_with_warmup(opt, 0, 1000)
@@ -171,6 +126,68 @@ def train_phase(args, method, ours, precision="no", checkpointing=False):
         "n_texts_tokenized": len(texts) if ours else 0,
         "peak_rss_mb": peak_rss_mb(),
     }
+
+
+def train_model(args, cfg, ours: bool, precision: str, checkpointing: bool):
+    """The benchmark model with the method applied; ours with train.setup's CPU speedups."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from weibo_senti import inference, modeling
+    from weibo_senti.train import cpu_training_speedups, enable_checkpointing
+
+    base = build_model(args)
+    if checkpointing:
+        enable_checkpointing(base)
+    model = modeling.apply_method(inference.fuse_gelu(base) if ours else base, cfg)
+    if ours:  # as train.setup does on a CPU
+        acc = SimpleNamespace(
+            device=torch.device("cpu"), num_processes=1, mixed_precision=precision
+        )
+        cpu_training_speedups(model, cfg, acc)
+    return model.train()
+
+
+def ours_loader(args, texts: list[str], labels: list[int]):
+    """Tokenized once, batched, by the fast tokenizer; length-grouped batches of 16."""
+    import torch
+
+    from weibo_senti.features import Collator, EncodedDataset, EpochBatchSampler, encode
+
+    tok = fast_tokenizer(args)  # model_max_length = cfg.max_length
+    t0 = time.perf_counter()
+    ids, _ = encode(tok, texts)
+    tokenize_s = time.perf_counter() - t0
+    sampler = EpochBatchSampler([len(x) for x in ids], 16, seed=0, group_by_length=True)
+    loader = torch.utils.data.DataLoader(
+        EncodedDataset(ids, labels), batch_sampler=sampler, collate_fn=Collator(0)
+    )
+    return loader, tokenize_s
+
+
+def seed_loader(args, texts: list[str], labels: list[int]):
+    """The seeds' data path: the slow tokenizer in __getitem__, every sample padded to 128."""
+    import torch
+
+    tok = slow_tokenizer(args)
+
+    class SeedDataset(torch.utils.data.Dataset):  # as in the seeds' scripts
+        def __len__(self):
+            return len(texts)
+
+        def __getitem__(self, i):
+            enc = tok(
+                texts[i], padding="max_length", truncation=True, max_length=128,
+                return_tensors="pt",
+            )  # fmt: skip
+            return {
+                "input_ids": enc["input_ids"][0],
+                "attention_mask": enc["attention_mask"][0],
+                "labels": torch.tensor(labels[i]),
+            }
+
+    return torch.utils.data.DataLoader(SeedDataset(), batch_size=16, shuffle=True), 0.0
 
 
 # ----------------------------------------------------------------------------- inference
@@ -363,7 +380,7 @@ def isolated(fn, args, **kw):
     return run_isolated(fn, args, **kw)
 
 
-def main():
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--base-model", help="a real base instead of random GPT-2 small weights")
     ap.add_argument("--tokenizer", default=str(SHARED / "models/gpt2-mini-zh"))
@@ -414,92 +431,41 @@ def main():
     )
     ap.add_argument("--out", default="benchmarks/results.json")
     args = ap.parse_args()
-    restart_with_isa(args.isa)
-    configure_process()
     if args.quick:
         args.train_steps, args.infer_texts, args.latency_texts = 2, 32, 8
         args.agreement_texts = 200
+    return args
+
+
+def write(args, res: dict, table: str) -> None:
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(res, indent=2))
+    print(table)
+
+
+def main():
+    args = parse_args()
+    restart_with_isa(args.isa)
+    configure_process()
     if args.repeats > 1:
         res = repeated_goal_rows(args)
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(res, indent=2))
-        return print(repeats_table(res))
+        return write(args, res, repeats_table(res))
     if args.peer_ab:
         res = peer_ab(args)
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(res, indent=2))
-        return print(peer_ab_table(res))
+        return write(args, res, peer_ab_table(res))
     if args.agreement_only:
         res = json.loads(Path(args.out).read_text())
         res["agreement"] = isolated(agreement_phase, args)
-        Path(args.out).write_text(json.dumps(res, indent=2))
-        print(markdown(res))
-        return
-    import torch
-
-    from weibo_senti.inference import cpu_has_fast_bf16
-
-    res = {
-        "machine": {
-            **describe(),
-            "cpu": platform.processor() or platform.machine(),
-            "cores": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "fast_bf16": cpu_has_fast_bf16(),
-            "fp32_matmul_gflops": round(matmul_peak_gflops(), 1),
-            "mlp_matmul_gflops": {
-                d: round(mlp_matmul_gflops(d), 1) for d in ("float32", "bfloat16")
-            },
-        },
-        "model": args.base_model or "GPT-2 small shape (12x768, vocab 21,128), random weights",
-        "train": {},
-        "infer": {},
-    }
-    bf16 = ["no", "bf16"] if cpu_has_fast_bf16() else ["no"]
+        return write(args, res, markdown(res))
+    res = {"machine": machine_info(), "model": args.base_model or GPT2_SMALL, "train": {}}
     if args.infer_only and Path(args.out).is_file():
         res["train"] = json.loads(Path(args.out).read_text()).get("train", {})
-    for method in [] if args.infer_only else args.methods:
-        ref = isolated(train_phase, args, method=method, ours=False)
-        row = {"reference": ref}
-        variants = [(p, False) for p in bf16] + [(p, True) for p in bf16 if args.checkpointing]
-        for prec, gc in variants:
-            ours = isolated(
-                train_phase, args, method=method, ours=True, precision=prec, checkpointing=gc
-            )
-            ours["speedup"] = ours["samples_per_s"] / ref["samples_per_s"]
-            row[f"ours_{prec}" + ("_checkpointing" if gc else "")] = ours
-        res["train"][method] = row
-        print(method, json.dumps(row), flush=True)
-    if args.train_only:
-        Path(args.out).write_text(json.dumps(res, indent=2))
-        return print(train_table(res))
-    import tempfile
-
-    run = make_run(args, Path(tempfile.mkdtemp(prefix="bench-run-")))
-    ref = isolated(infer_phase, args, run=run, ours=False)
-    res["infer"]["reference"] = ref
-    rows = {}
-    for name, prec, engine in our_paths():
-        rows[name] = isolated(infer_phase, args, run=run, ours=True, precision=prec, engine=engine)
-        print(name, json.dumps(rows[name]), flush=True)
-    if Path(args.ort_python).is_file():
-        texts, _ = load_texts(args, args.infer_texts, seed=1)  # the texts infer_phase times
-        peer, res["ort_versions"] = ort_peer_phase(args, run, texts)
-        rows.update(peer)
-        print("ORT peer", json.dumps(peer), flush=True)
     else:
-        print(f"ORT peer skipped: no {args.ort_python} (see benchmarks/peer_onnxruntime.py)")
-    for r in rows.values():
-        r["throughput_speedup"] = r["samples_per_s"] / ref["samples_per_s"]
-        r["latency_p50_ratio"] = r["latency_p50_ms"] / ref["latency_p50_ms"]
-    res["infer"].update(rows)
-    # Useful FLOPs: 2 x non-embedding parameters per real (unpadded) token, plus attention.
-    n_layer, d = 12, 768
-    flops_per_token = 2 * 12 * n_layer * d * d + 2 * n_layer * 66 * d  # ~66 tokens/post
-    for r in res["infer"].values():
-        r["useful_gflops"] = r["real_tokens_per_s"] * flops_per_token / 1e9
-        r["share_of_fp32_matmul_peak"] = r["useful_gflops"] / res["machine"]["fp32_matmul_gflops"]
-        r.setdefault("peak_rss_mb", float("nan"))
+        res["train"] = train_rows(args)
+    if args.train_only:
+        return write(args, res, train_table(res))
+    res["infer"], res["ort_versions"] = infer_rows(args)
+    add_useful_flops(res)
     if Path(args.agreement_run).is_dir():
         res["agreement"] = isolated(agreement_phase, args)
         print("agreement", json.dumps(res["agreement"]), flush=True)
@@ -509,12 +475,87 @@ def main():
             "scripts/integration.py, or pass --agreement-run)",
             flush=True,
         )
-    import shutil
+    write(args, res, markdown(res))
 
-    shutil.rmtree(run, ignore_errors=True)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(res, indent=2))
-    print(markdown(res))
+
+GPT2_SMALL = "GPT-2 small shape (12x768, vocab 21,128), random weights"
+
+
+def machine_info() -> dict:
+    import torch
+
+    from weibo_senti.inference import cpu_has_fast_bf16
+
+    return {
+        **describe(),
+        "cpu": platform.processor() or platform.machine(),
+        "cores": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "fast_bf16": cpu_has_fast_bf16(),
+        "fp32_matmul_gflops": round(matmul_peak_gflops(), 1),
+        "mlp_matmul_gflops": {d: round(mlp_matmul_gflops(d), 1) for d in ("float32", "bfloat16")},
+    }
+
+
+def train_rows(args) -> dict:
+    """Each method: the reference, then ours at each precision the CPU is fast at."""
+    from weibo_senti.inference import cpu_has_fast_bf16
+
+    bf16 = ["no", "bf16"] if cpu_has_fast_bf16() else ["no"]
+    rows = {}
+    for method in args.methods:
+        ref = isolated(train_phase, args, method=method, ours=False)
+        row = {"reference": ref}
+        variants = [(p, False) for p in bf16] + [(p, True) for p in bf16 if args.checkpointing]
+        for prec, gc in variants:
+            ours = isolated(
+                train_phase, args, method=method, ours=True, precision=prec, checkpointing=gc
+            )
+            ours["speedup"] = ours["samples_per_s"] / ref["samples_per_s"]
+            row[f"ours_{prec}" + ("_checkpointing" if gc else "")] = ours
+        rows[method] = row
+        print(method, json.dumps(row), flush=True)
+    return rows
+
+
+def infer_rows(args) -> tuple[dict, dict | None]:
+    """The reference, each of our paths and the ORT peer on one saved run; ratios to the
+    reference. Also the peer's library versions (None without its environment)."""
+    import shutil
+    import tempfile
+
+    run = make_run(args, Path(tempfile.mkdtemp(prefix="bench-run-")))
+    try:
+        ref = isolated(infer_phase, args, run=run, ours=False)
+        rows, versions = {}, None
+        for name, prec, engine in our_paths():
+            rows[name] = isolated(
+                infer_phase, args, run=run, ours=True, precision=prec, engine=engine
+            )
+            print(name, json.dumps(rows[name]), flush=True)
+        if Path(args.ort_python).is_file():
+            texts, _ = load_texts(args, args.infer_texts, seed=1)  # the texts infer_phase times
+            peer, versions = ort_peer_phase(args, run, texts)
+            rows.update(peer)
+            print("ORT peer", json.dumps(peer), flush=True)
+        else:
+            print(f"ORT peer skipped: no {args.ort_python} (see benchmarks/peer_onnxruntime.py)")
+    finally:
+        shutil.rmtree(run, ignore_errors=True)  # a GPT-2 small run: 0.5 GB
+    for r in rows.values():
+        r["throughput_speedup"] = r["samples_per_s"] / ref["samples_per_s"]
+        r["latency_p50_ratio"] = r["latency_p50_ms"] / ref["latency_p50_ms"]
+    return {"reference": ref, **rows}, versions
+
+
+def add_useful_flops(res: dict) -> None:
+    """Useful FLOPs: 2 x non-embedding parameters per real (unpadded) token, plus attention."""
+    n_layer, d = 12, 768
+    flops_per_token = 2 * 12 * n_layer * d * d + 2 * n_layer * 66 * d  # ~66 tokens/post
+    for r in res["infer"].values():
+        r["useful_gflops"] = r["real_tokens_per_s"] * flops_per_token / 1e9
+        r["share_of_fp32_matmul_peak"] = r["useful_gflops"] / res["machine"]["fp32_matmul_gflops"]
+        r.setdefault("peak_rss_mb", float("nan"))
 
 
 # ----------------------------------------------------------------------------- repeats
