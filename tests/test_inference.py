@@ -64,7 +64,9 @@ def test_small_passes_take_the_lone_post_path_and_big_ones_the_batch_path(
     switch point run on the int8 copy, bigger ones on the model in that path's precision."""
     want = SentimentClassifier.load(trained_runs[method], precision="fp32").predict_proba(TEXTS)
     monkeypatch.setattr(autotune, "measure", fake_timings("torch-int8", model_path))
-    monkeypatch.setattr(autotune, "read_cache", lambda key: None)
+    monkeypatch.setattr(
+        autotune, "cached_timings", lambda key, paths, time_them: (time_them(), "x")
+    )
     clf = SentimentClassifier.load(
         trained_runs[method], precision="auto", device="cpu", engine="torch"
     )
@@ -92,7 +94,9 @@ def test_int8_copy_follows_the_adapters(trained_runs, flipped_run, monkeypatch):
     """Adding an adapter drops the int8 copy (it holds the old weights); rows for another
     adapter never take it; removing back to one adapter rebuilds it from the right weights."""
     monkeypatch.setattr(autotune, "measure", fake_timings("torch-int8", "torch-int8"))
-    monkeypatch.setattr(autotune, "read_cache", lambda key: None)
+    monkeypatch.setattr(
+        autotune, "cached_timings", lambda key, paths, time_them: (time_them(), "x")
+    )
     clf = SentimentClassifier.load(trained_runs["lora"], name="weibo", engine="torch")
     assert clf.choice.batch == "torch-int8"
     clf.merge_single = True
@@ -137,11 +141,13 @@ def test_int8_needs_vnni(monkeypatch):
 
 
 def test_cpu_features_follow_what_torch_sees(monkeypatch):
-    """torch's probes where they exist (a masked CPU counts), /proc/cpuinfo's flags otherwise."""
-    monkeypatch.setattr(torch.cpu, "_is_vnni_supported", lambda: False)
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
-    assert not inference.cpu_features() & {"vnni", "amx_tile"}
-    monkeypatch.delattr(torch.cpu, "_is_vnni_supported")
+    """torch's capabilities where it has them (a masked CPU counts; AVX-VNNI is VNNI too),
+    /proc/cpuinfo's flags otherwise."""
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx2": True, "avx_vnni": True})
+    assert inference.cpu_features() == {"avx2", "vnni"}
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx2": True})
+    assert inference.cpu_features() == {"avx2"} and inference.int8_rows_for_cpu() == 0
+    monkeypatch.delattr(torch.cpu, "get_capabilities")
     monkeypatch.setattr(inference, "cpu_flags", lambda: {"avx2", "avx512_vnni", "avx512_bf16"})
     assert inference.cpu_features() == {"avx2", "vnni", "avx512_bf16"}
 

@@ -698,7 +698,8 @@ def make_job(shards: list[Shard], output, predictor: Predictor, chunk_rows: int)
         "inputs": [[str(s.path.resolve()), *file_stamp(s.path), s.encoding] for s in shards],
         "run": [str(Path(clf.run).resolve()), run_stamp(Path(clf.run))],
         "adapters": clf.adapters,
-        "precision": clf.precision,
+        # as asked: under "auto" the measured path may differ between runs, within agreement
+        "precision": clf.requested[0] if clf.requested else clf.precision,
         "text columns": [s.text_column for s in shards],
         "prefix": predictor.added,
         "adapter column": predictor.adapter_column,

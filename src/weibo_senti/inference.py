@@ -32,12 +32,14 @@ def cpu_features() -> set[str]:
     """Which of avx2, avx512_bf16, amx_tile and vnni (AVX512-VNNI or AVX-VNNI) the CPU has, as
     torch's own dispatch sees it (cpuinfo: a masked or emulated CPU too), else as
     /proc/cpuinfo lists it."""
-    names = ("avx2", "avx512_bf16", "amx_tile", "vnni")
-    probes = {name: getattr(torch.cpu, f"_is_{name}_supported", None) for name in names}
-    if all(probes.values()):
-        return {name for name, probe in probes.items() if probe()}
+    capabilities = getattr(torch.cpu, "get_capabilities", None)
+    if capabilities is not None:
+        caps = capabilities()
+        seen = {name for name in ("avx2", "avx512_bf16", "amx_tile") if caps.get(name)}
+        return seen | ({"vnni"} if caps.get("avx512_vnni") or caps.get("avx_vnni") else set())
     flags = cpu_flags()
-    return {n for n in names if flags & {n, f"avx512_{n}", f"avx_{n}", f"amx_{n}"}}
+    seen = {name for name in ("avx2", "avx512_bf16", "amx_tile") if name in flags}
+    return seen | ({"vnni"} if flags & {"avx512_vnni", "avx_vnni"} else set())
 
 
 def cpu_has_fast_bf16() -> bool:

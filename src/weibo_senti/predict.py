@@ -77,6 +77,7 @@ class SentimentClassifier:
         self.engine = "torch"  # or "onnxruntime" (inference.cpu_engine)
         # the path each pass takes (autotune.py: measured under "auto")
         self.choice = autotune.fixed(precision, "torch", f"precision {precision}")
+        self.requested: tuple[str, str] | None = None  # (precision, engine) as tune() was asked
         # copies of the single model for the ort-*/torch-int8 paths, keyed by path, built on
         # first use, dropped when adapters change (they hold the weights of the time)
         self._copies: dict[str, object] = {}
@@ -140,7 +141,11 @@ class SentimentClassifier:
 
     def tune(self, precision: str = "auto", engine: str = "auto") -> autotune.Choice:
         """Settle the path each pass takes: measured under "auto" (autotune.choose), else the
-        requested precision on the engine. The flag rules only where timing fails."""
+        requested precision on the engine. The flag rules only where timing fails. Adding or
+        removing adapters tunes again (the copies serve a single model only)."""
+        self.requested = (precision, engine)
+        if precision == "int8" and self.device.type != "cpu":
+            raise UserError("--precision int8 runs on a CPU: load with device='cpu'")
         if precision != "auto":
             self.choice = autotune.fixed(self.precision, self.engine, f"--precision {precision}")
             return self.choice
@@ -157,6 +162,7 @@ class SentimentClassifier:
         try:
             self.choice = autotune.choose(request)
         except Exception as e:  # noqa: BLE001 - any failure to time leaves the flag rules
+            self._copies.clear()  # what was built for timing
             why = f"timing failed ({type(e).__name__}: {e})".splitlines()[0][:200]
             log.warning("could not time the inference paths, using the CPU-flag rules: %s", why)
             self.choice = autotune.rules_choice(self.device, self.engine, why)
@@ -182,13 +188,14 @@ class SentimentClassifier:
     def _shape(self) -> dict:
         """What a pass's time depends on besides the machine (autotune's cache key)."""
         config = self.model.config
+        single = self.bank is None or self.bank.merged is not None
         return {
             "layers": config.num_hidden_layers,
             "width": config.hidden_size,
             "heads": config.num_attention_heads,
             "vocab": config.vocab_size,
-            "labels": config.num_labels,
-            "method": self._info.method,
+            # a full run and a merged LoRA are the same plain model; adapters add their work
+            "body": "plain" if single else "+".join(sorted(set(self.bank.kinds.values()))),
             "budget": min(self.max_tokens, self.batch_rows * autotune.BATCH_WIDTH),
             "pad": self.tokenizer.pad_token_id,
         }
@@ -222,6 +229,7 @@ class SentimentClassifier:
         except BaseException:
             del self._infos[name]
             raise
+        self._retune()
 
     def _check_same_tokenizer(self, run: Path, info: RunInfo) -> None:
         """Adapters share the loaded tokenizer: one that splits or pads otherwise is refused."""
@@ -248,6 +256,12 @@ class SentimentClassifier:
         self._infos.pop(name, None)
         if self.merge_single:
             self.bank.merge()
+        self._retune()
+
+    def _retune(self) -> None:
+        """After the adapters changed, the paths open to the model now (load tunes first)."""
+        if self.requested is not None and self.requested[0] == "auto":
+            self.tune(*self.requested)
 
     @property
     def adapters(self) -> list[str]:
