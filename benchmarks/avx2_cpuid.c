@@ -6,7 +6,8 @@
  * ONEDNN_MAX_CPU_ISA cover two of the four; MLAS has no switch). Linux's CPUID faulting
  * (arch_prctl ARCH_SET_CPUID, flag cpuid_fault) traps every CPUID into SIGSEGV; the handler
  * runs the real CPUID, clears the bits, and steps over the instruction. Benchmarks only:
- * a process that installs its own SIGSEGV handler (pytest's faulthandler) would crash.
+ * a process that installs its own SIGSEGV handler (pytest's faulthandler) would crash, so only
+ * Python processes are masked (gcc's cc1plus, run by torch.compile, has such a handler).
  * Built and preloaded by benchmarks/cpu_isa.py (bench.py --isa avx2).
  */
 #define _GNU_SOURCE
@@ -55,7 +56,17 @@ static void on_segv(int sig, siginfo_t *info, void *raw) {
   r[REG_RIP] += 2;
 }
 
+static int is_python(void) {
+  char exe[4096];
+  ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+  if (n <= 0) return 0;
+  exe[n] = 0;
+  const char *base = strrchr(exe, '/');
+  return strstr(base ? base + 1 : exe, "python") != NULL;
+}
+
 __attribute__((constructor)) static void start(void) {
+  if (!is_python()) return;
   struct sigaction sa;
   memset(&sa, 0, sizeof sa);
   sa.sa_sigaction = on_segv;
