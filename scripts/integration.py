@@ -33,41 +33,48 @@ def main() -> None:
     ap.add_argument("--report", default="docs/integration")
     args = ap.parse_args()
     configure_process()  # INFO logging, quiet transformers, every core
-
     results = {}
     for method in args.methods:
-        cfg = TrainConfig(
-            method=method,
-            base_model=args.base_model,
-            data=args.train,
-            dev_data=args.dev,
-            out=f"{args.runs}/{method}",
-            max_train_samples=args.train_rows,
-            epochs=args.epochs,
-        )
-        t0 = time.perf_counter()
-        clf = train(cfg, overwrite=True)
-        seconds = time.perf_counter() - t0
-        best = runfolder.read_eval_results(clf.run)
-        row = {
-            "trainable_params": clf.info.trainable_params,
-            "all_params": clf.info.all_params,
-            "best_epoch": best["epoch"],
-            "train_seconds": best["train_seconds"],
-            "train_samples_per_second": best["train_samples_per_second"],
-            "wall_seconds": round(seconds, 1),
-        }
-        for name, data, strip in [
-            ("dev", args.dev, False),
-            ("dev_stripped", args.dev, True),
-            ("weibo2018", args.weibo2018, False),
-        ]:
-            m = evaluate(clf, data, strip=strip)
-            row[f"{name}_accuracy"] = round(m["accuracy"], 4)
-            row[f"{name}_macro_f1"] = round(m["macro_f1"], 4)
-        results[method] = row
-        print(method, json.dumps(row), flush=True)
+        results[method] = run_method(args, method)
+        print(method, json.dumps(results[method]), flush=True)
+    write_report(args, results)
 
+
+def run_method(args, method: str) -> dict:
+    """Train one method, then its figures on dev (with and without emoticons) and weibo2018."""
+    cfg = TrainConfig(
+        method=method,
+        base_model=args.base_model,
+        data=args.train,
+        dev_data=args.dev,
+        out=f"{args.runs}/{method}",
+        max_train_samples=args.train_rows,
+        epochs=args.epochs,
+    )
+    t0 = time.perf_counter()
+    clf = train(cfg, overwrite=True)
+    seconds = time.perf_counter() - t0
+    best = runfolder.read_eval_results(clf.run)
+    row = {
+        "trainable_params": clf.info.trainable_params,
+        "all_params": clf.info.all_params,
+        "best_epoch": best["epoch"],
+        "train_seconds": best["train_seconds"],
+        "train_samples_per_second": best["train_samples_per_second"],
+        "wall_seconds": round(seconds, 1),
+    }
+    for name, data, strip in [
+        ("dev", args.dev, False),
+        ("dev_stripped", args.dev, True),
+        ("weibo2018", args.weibo2018, False),
+    ]:
+        m = evaluate(clf, data, strip=strip)
+        row[f"{name}_accuracy"] = round(m["accuracy"], 4)
+        row[f"{name}_macro_f1"] = round(m["macro_f1"], 4)
+    return row
+
+
+def write_report(args, results: dict) -> None:
     out = Path(args.report)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {k: v for k, v in vars(args).items() if k != "report"}

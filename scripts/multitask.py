@@ -40,21 +40,8 @@ def is_complete(run: Path) -> bool:
         return False
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--base-model", default=str(SHARED / "models/gpt2-mini-zh"))
-    ap.add_argument("--weibo-run", default="runs/integration/lora")
-    ap.add_argument("--weibo-dev", default=str(SHARED / "data/weibo_senti_100k/dev.csv"))
-    ap.add_argument("--waimai", default=str(SHARED / "data/waimai_10k.csv"))
-    ap.add_argument("--train-rows", type=int, default=6000)
-    ap.add_argument("--epochs", type=int, default=2)
-    ap.add_argument("--work", default="runs/multitask")
-    ap.add_argument("--report", default="docs/multitask")
-    args = ap.parse_args()
-    configure_process()  # INFO logging, quiet transformers, every core
-    work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
-
+def train_waimai(args, work: Path) -> tuple[Path, Path]:
+    """A LoRA run on a seeded 90% of waimai_10k (kept if already complete), and its dev file."""
     train_set, dev_set = split_dev(read_labelled(args.waimai), 0.1, seed=42)
     waimai_train = write_csv(work / "waimai_train.csv", train_set)
     waimai_dev = write_csv(work / "waimai_dev.csv", dev_set)
@@ -72,6 +59,25 @@ def main() -> None:
             ),
             overwrite=True,
         )
+    return waimai_run, waimai_dev
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--base-model", default=str(SHARED / "models/gpt2-mini-zh"))
+    ap.add_argument("--weibo-run", default="runs/integration/lora")
+    ap.add_argument("--weibo-dev", default=str(SHARED / "data/weibo_senti_100k/dev.csv"))
+    ap.add_argument("--waimai", default=str(SHARED / "data/waimai_10k.csv"))
+    ap.add_argument("--train-rows", type=int, default=6000)
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--work", default="runs/multitask")
+    ap.add_argument("--report", default="docs/multitask")
+    args = ap.parse_args()
+    configure_process()  # INFO logging, quiet transformers, every core
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+
+    waimai_run, waimai_dev = train_waimai(args, work)
     combined = combine(
         [Path(args.weibo_run), waimai_run], [0.5, 0.5], work / "combined", overwrite=True
     )

@@ -7,62 +7,53 @@ import json
 import pytest
 from test_cli import cli
 
+FIGURES = (
+    "trainable_params",
+    "artifact_mb",
+    "train_wall_s",
+    "infer_samples_per_s",
+    "latency_ms",
+    "peak_rss_mb",
+    "dev_accuracy",
+    "dev_macro_f1",
+    "dev_stripped_accuracy",
+    "again_accuracy",
+    "weibo2018_accuracy",
+    "smp2020_accuracy",
+    "human_mean_accuracy",
+    "dev_ece",
+    "dev_brier",
+    "dev_log_loss",
+    "weibo2018_ece",
+)
 
-def test_compare_writes_table_json_and_plots(tiny_base, task_files, tmp_path):
-    out = tmp_path / "cmp"
-    human = tmp_path / "human"  # the layout of ../shared/data, with the tiny task's dev rows
+
+def run_compare(tiny_base, task_files, tmp_path):
+    """`weibo-senti compare` on the tiny task, with a human-labelled folder of ../shared's
+    layout holding the tiny task's dev rows; returns the output folder."""
+    out, human = tmp_path / "cmp", tmp_path / "human"
     for rel in ("weibo2018/train.csv", "smp2020_usual/eval.csv"):
         (human / rel).parent.mkdir(parents=True)
         (human / rel).write_bytes(task_files[1].read_bytes())
     code, _, err = cli(
-        "compare",
-        "--base-model",
-        tiny_base,
-        "--data",
-        task_files[0],
-        "--dev-data",
-        task_files[1],
-        "--extra-test",
-        f"again={task_files[1]}",
-        "--human-data",
-        human,
-        "--max-length",
-        40,  # the tiny base has 64 positions
-        "--out",
-        out,
-        "--epochs",
-        1,
-        "--repeats",
-        2,
-        "--max-train-samples",
-        200,
-        "--precision",
-        "no",
-    )
+        "compare", "--base-model", tiny_base, "--data", task_files[0],
+        "--dev-data", task_files[1], "--extra-test", f"again={task_files[1]}",
+        "--human-data", human,
+        "--max-length", 40,  # the tiny base has 64 positions
+        "--out", out, "--epochs", 1, "--repeats", 2, "--max-train-samples", 200,
+        "--precision", "no",
+    )  # fmt: skip
     assert code == 0, err
+    return out
+
+
+def test_compare_writes_table_json_and_plots(tiny_base, task_files, tmp_path):
+    out = run_compare(tiny_base, task_files, tmp_path)
     report = json.loads((out / "comparison.json").read_text())
     results = report["results"]
     assert list(results) == ["full", "adapter", "lora", "tfidf"]
     for method, r in results.items():
-        for key in (
-            "trainable_params",
-            "artifact_mb",
-            "train_wall_s",
-            "infer_samples_per_s",
-            "latency_ms",
-            "peak_rss_mb",
-            "dev_accuracy",
-            "dev_macro_f1",
-            "dev_stripped_accuracy",
-            "again_accuracy",
-            "weibo2018_accuracy",
-            "smp2020_accuracy",
-            "human_mean_accuracy",
-            "dev_ece",
-            "dev_brier",
-            "dev_log_loss",
-            "weibo2018_ece",
-        ):
+        for key in FIGURES:
             assert r[key]["mean"] > 0, (method, key)
         assert "nlpcc_accuracy" not in r  # not in the folder: not invented
         mean = (r["weibo2018_accuracy"]["mean"] + r["smp2020_accuracy"]["mean"]) / 2

@@ -331,6 +331,41 @@ def assert_rendered_with_a_chinese_font(page, selector: str, glyphs: int) -> Non
     assert drawn >= glyphs, (fonts, sorted(chinese))
 
 
+def analyse(page, posts: list[str], adapter: str) -> list[tuple[str, str, str]]:
+    """The page's answers (label, text, bar width) for ``posts`` by ``adapter``."""
+    page.select_option("#adapter", adapter)
+    page.fill("#posts", "\n".join([posts[0], "", *posts[1:]]))  # blank lines are skipped
+    page.evaluate("document.getElementById('results').innerHTML = ''")
+    page.click("#go")
+    page.wait_for_function("document.querySelectorAll('#results .result').length == 3")
+    return [
+        (
+            r.eval_on_selector(".label", "e => e.textContent"),
+            r.eval_on_selector(".text", "e => e.textContent"),
+            r.eval_on_selector(".fill", "e => e.style.width"),
+        )
+        for r in page.query_selector_all("#results .result")
+    ]
+
+
+def check_why_colours(page, clf, post: str) -> None:
+    """为什么? colours each character by its attribution, as /v1/explain and explain() give."""
+    from weibo_senti.explain import explain
+
+    page.query_selector_all("#results .result .why")[0].click()
+    page.wait_for_selector("#results .result .explained span")
+    shown = page.eval_on_selector_all(
+        "#results .result:first-child .explained span",
+        "ss => ss.map(s => [s.textContent, Number(s.dataset.score), s.style.backgroundColor])",
+    )
+    want = explain(clf, post, adapter="weibo")
+    assert [c for c, _, _ in shown] == [c for c, _ in want.chars]
+    assert [v for _, v, _ in shown] == pytest.approx([v for _, v in want.chars], abs=1e-3)
+    for _, v, colour in shown:  # green toward positive, red toward negative
+        assert colour.startswith("rgba(46, 157, 91" if v > 0 else "rgba(217, 83, 79")
+    assert "completeness gap" in page.inner_text("#results .result:first-child .note")
+
+
 @pytest.mark.skipif(
     not Path(CHROMIUM).exists() and not os.environ.get("CI"),
     reason="needs Debian's Chromium and a CJK font: apt-get install chromium fonts-wqy-microhei "
@@ -354,45 +389,16 @@ def test_web_page_in_a_real_browser(server, local_classifier, tmp_path):
         assert options == ["weibo", "bottleneck"]
         assert page.input_value("#adapter") == local_classifier.active_adapter
 
-        def analyse(adapter: str) -> list[tuple[str, str, str]]:
-            page.select_option("#adapter", adapter)
-            page.fill("#posts", "\n".join([posts[0], "", *posts[1:]]))  # blank lines are skipped
-            page.evaluate("document.getElementById('results').innerHTML = ''")
-            page.click("#go")
-            page.wait_for_function("document.querySelectorAll('#results .result').length == 3")
-            return [
-                (
-                    r.eval_on_selector(".label", "e => e.textContent"),
-                    r.eval_on_selector(".text", "e => e.textContent"),
-                    r.eval_on_selector(".fill", "e => e.style.width"),
-                )
-                for r in page.query_selector_all("#results .result")
-            ]
-
         for adapter in ("bottleneck", "weibo"):
             want = local_classifier.predict(posts, adapter=adapter)
-            got = analyse(adapter)
+            got = analyse(page, posts, adapter)
             assert [g[0] for g in got] == [f"{w.label_zh} {w.label}" for w in want]
             assert [g[1] for g in got] == posts
             widths = [float(g[2].rstrip("%")) for g in got]
             assert widths == pytest.approx([100 * w.score for w in want], abs=0.1)
         assert "3 条" in page.inner_text("#status")
 
-        # 为什么? colours each character by its attribution, as /v1/explain and explain() give
-        from weibo_senti.explain import explain
-
-        page.query_selector_all("#results .result .why")[0].click()
-        page.wait_for_selector("#results .result .explained span")
-        shown = page.eval_on_selector_all(
-            "#results .result:first-child .explained span",
-            "ss => ss.map(s => [s.textContent, Number(s.dataset.score), s.style.backgroundColor])",
-        )
-        want = explain(local_classifier, posts[0], adapter="weibo")
-        assert [c for c, _, _ in shown] == [c for c, _ in want.chars]
-        assert [v for _, v, _ in shown] == pytest.approx([v for _, v in want.chars], abs=1e-3)
-        for _, v, colour in shown:  # green toward positive, red toward negative
-            assert colour.startswith("rgba(46, 157, 91" if v > 0 else "rgba(217, 83, 79")
-        assert "completeness gap" in page.inner_text("#results .result:first-child .note")
+        check_why_colours(page, local_classifier, posts[0])
 
         shot = tmp_path / "page.png"
         page.screenshot(path=str(shot), full_page=True)
