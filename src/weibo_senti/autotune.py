@@ -36,7 +36,7 @@ PATHS = ("torch-fp32", "torch-bf16", "torch-int8", "ort-fp32", "ort-int8")
 LONE_TOKENS = 48  # a lone post of about 40 characters, padded to a multiple of 8 (pad_batch)
 BATCH_WIDTH = 64  # a full token-budget pass: budget / 64 rows of 64 tokens
 SCREEN_TOKENS = 8  # the first, tiny pass of every path: it finds hopeless ones cheaply
-TOO_SLOW = 5.0  # a path this many times slower than the best on the screen is not timed further
+TOO_SLOW = 5.0  # a path this many times fp32's time on the screen is not timed further
 TOLERANCE = 0.05  # most the median probe post's probabilities may move against fp32
 PROBE_ROWS = 16
 Runner = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (input_ids, mask) -> logits
@@ -166,14 +166,17 @@ def measure(
             timings[path] = {"screen_ms": time_pass(run, screen, device, 0.0, 1)}
         except Exception as e:  # noqa: BLE001 - a path that cannot run is not a candidate
             timings[path] = {"failed": failure(e)}
-    fastest = min((t["screen_ms"] for t in timings.values() if "screen_ms" in t), default=0.0)
+    # against fp32, the reference (always timed): a path slow on 8 tokens but fast on 512
+    # (bf16 with AVX512-BF16: 5x int8's time on 8 tokens, 1.85x fp32's speed on 512) stays
+    screened = [t["screen_ms"] for t in timings.values() if "screen_ms" in t]
+    base = timings.get("torch-fp32", {}).get("screen_ms") or min(screened, default=0.0)
     for path, run in runners.items():
         t = timings[path]
         if "screen_ms" not in t:
             continue
-        if t["screen_ms"] > TOO_SLOW * fastest and path != "torch-fp32":  # fp32: the reference
+        if t["screen_ms"] > TOO_SLOW * base and path != "torch-fp32":
             t["skipped"] = (
-                f"{t['screen_ms'] / fastest:.0f}x slower on a pass of {SCREEN_TOKENS} tokens"
+                f"{t['screen_ms'] / base:.0f}x fp32's time on a pass of {SCREEN_TOKENS} tokens"
             )
             continue
         try:
