@@ -47,7 +47,7 @@ def fake_timings(fastest_lone: str, fastest_batch: str):
     """autotune.measure's answer with ``fastest_lone``/``fastest_batch`` winning: the choice
     logic, whatever this CPU's own speeds."""
 
-    def measure(runners, shape, device, progress=None):
+    def measure(runners, shape, device):
         out = {p: {"screen_ms": 1.0, "lone_ms": 10.0, "batch_ms": 100.0} for p in runners}
         out[fastest_lone]["lone_ms"], out[fastest_batch]["batch_ms"] = 1.0, 50.0
         return out

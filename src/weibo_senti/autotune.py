@@ -151,9 +151,7 @@ def shaped_batch(rows: int, width: int, vocab_size: int, pad: int, device) -> di
     return {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device)}
 
 
-def measure(
-    runners: dict[str, Runner], shape: dict, device: torch.device, progress=None
-) -> dict[str, dict]:
+def measure(runners: dict[str, Runner], shape: dict, device: torch.device) -> dict[str, dict]:
     """Each path's lone-post and full-pass milliseconds; paths far slower than the best on a
     tiny first pass, or failing, are skipped with the reason."""
     vocab, pad, budget = shape["vocab"], shape["pad"], shape["budget"]
@@ -184,8 +182,6 @@ def measure(
             t["batch_ms"] = time_pass(run, full, device, 0.0, 2)
         except Exception as e:  # noqa: BLE001 - as above
             timings[path] = {"failed": failure(e)}
-        if progress:
-            progress(path, t)
     return timings
 
 

@@ -329,10 +329,9 @@ class SentimentClassifier:
         names = self._row_adapters(adapter, len(ids))
         width = max((len(self.labels_of(n)) for n in set(names)), default=len(self.labels))
         logits = np.full((len(ids), width), -np.inf, dtype=np.float32)
-        pad = self.tokenizer.pad_token_id
+        pad, rows = self.tokenizer.pad_token_id, batch_size or self.batch_rows
         for group in self._groups(names):
             lengths = [len(ids[i]) for i in group]
-            rows = batch_size or self.batch_rows
             for batch_rows in token_budget_batches(lengths, rows, self.max_tokens):
                 idx = [group[j] for j in batch_rows]
                 # widths in steps of 8: 20 tensor shapes instead of 160 keep the CPU kernels'
@@ -354,9 +353,9 @@ class SentimentClassifier:
         """One pass on ``path``: a copy's (ort-*, torch-int8) where one model answers every
         row, else the model itself, under the path's precision if it is torch-fp32/bf16."""
         engine, precision = autotune.split(path)
-        if (engine != "torch" or precision == "int8") and self._single(names):
-            return self._copy(path)(batch["input_ids"], batch["attention_mask"])
-        if engine != "torch" or precision == "int8":
+        if engine != "torch" or precision == "int8":  # a copy's path
+            if self._single(names):
+                return self._copy(path)(batch["input_ids"], batch["attention_mask"])
             precision = self.precision
         with inference.autocast(precision, self.device):
             if self.bank is None:
