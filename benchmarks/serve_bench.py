@@ -77,12 +77,14 @@ def main() -> None:
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--servers", nargs="+", default=["ours", "peer"], choices=list(SERVERS))
     ap.add_argument("--out", default="benchmarks/serve.json")
+    ap.add_argument("--png", help="the figure (default: docs/figures/<--out's name>.png)")
     ap.add_argument("--plot-only", action="store_true", help="re-draw the PNG from --out")
     ap.add_argument("--isa", default="native", help="native, or avx2 (cpu_isa.py)")
     args = ap.parse_args()
     restart_with_isa(args.isa)  # the servers inherit the mask
+    png = Path(args.png or f"docs/figures/{Path(args.out).stem}.png")  # the speed page shows it
     if args.plot_only:
-        return plot(json.loads(Path(args.out).read_text()), Path(args.out).with_suffix(".png"))
+        return plot(json.loads(Path(args.out).read_text()), png)
     sys.path.insert(0, str(Path(__file__).parent))
     import bench
 
@@ -110,7 +112,7 @@ def main() -> None:
             stop(proc)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(rows, indent=2))
-    plot(rows, Path(args.out).with_suffix(".png"))
+    plot(rows, png)
     print(table(rows))
 
 

@@ -1,6 +1,6 @@
 """Bulk scoring benchmark (not a unit test): rows/s and peak RSS of `predict --input`.
 
-    python scripts/bulk_bench.py --run runs/weibo --report docs/bulk-bench
+    python scripts/bulk_bench.py --run runs/weibo --report docs/studies/bulk-bench
 
 Local engine on 2,000 and 200,000 posts (weibo_senti_100k/dev.csv repeated), the in-memory path
 (one predict() call over every text, what `predict --input` did before streaming) as the peer
@@ -113,7 +113,7 @@ def main() -> None:
     )
     ap.add_argument("--big-rows", type=int, default=200_000)
     ap.add_argument("--work", default="runs/bulk-bench")
-    ap.add_argument("--report", default="docs/bulk-bench")
+    ap.add_argument("--report", default="docs/studies/bulk-bench")
     args = ap.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,7 @@ trained with emoticon dropout.
     python scripts/explain_check.py --before runs/emoticon-dropout/lora-p0.0 \
         --after runs/emoticon-dropout/lora-p0.5
 
-Writes docs/explain-check.{json,md} and docs/explain-emoticon-dropout.png.
+Writes docs/studies/explain-check.{json,md} and docs/figures/explain-emoticon-dropout.png.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def main() -> None:
     ap.add_argument("--after", required=True, help="run trained with the default dropout")
     ap.add_argument("--dev", default=str(SHARED / "data/weibo_senti_100k/dev.csv"))
     ap.add_argument("--text", action="append", help="post(s) for the figure (default: a dev post)")
-    ap.add_argument("--report", default="docs/explain-check")
+    ap.add_argument("--report", default="docs/studies/explain-check")
     args = ap.parse_args()
     configure_process()
     dev = read_labelled(args.dev)
@@ -76,7 +76,7 @@ def main() -> None:
             report["figure"].append(
                 {"run": name, "text": text, "label": ex.label, "score": ex.score, "chars": ex.chars}
             )
-    png = Path("docs/explain-emoticon-dropout.png")
+    png = Path("docs/figures/explain-emoticon-dropout.png")
     plot_explanations(shown, titles, png)
     write_json(f"{args.report}.json", report)
     c = report["completeness"]["after"]

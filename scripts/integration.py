@@ -30,7 +30,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--methods", nargs="+", default=["lora", "adapter", "full"])
     ap.add_argument("--runs", default="runs/integration")
-    ap.add_argument("--report", default="docs/integration")
+    ap.add_argument("--report", default="docs/studies/integration")
     args = ap.parse_args()
     configure_process()  # INFO logging, quiet transformers, every core
     results = {}

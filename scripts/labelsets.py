@@ -8,7 +8,7 @@ epoch on a split of train_emotion.csv, and reports accuracy and macro-F1 on eval
 The three-way task is the same files through ``--label-map`` (happy → positive, neutral →
 neutral, angry/sad/fear → negative, surprise dropped). ``six-lora-balanced`` measures
 ``--class-weights balanced``. Finished runs are kept and not trained again; results go to
-docs/labelsets.json and docs/labelsets.md as they come.
+docs/studies/labelsets.json and docs/studies/labelsets.md as they come.
 """
 
 from __future__ import annotations
@@ -200,7 +200,7 @@ def main() -> None:
     p.add_argument("--dev-fraction", type=float, default=0.04)  # ~1,100 rows checked per epoch
     p.add_argument("--only", nargs="*", default=JOBS, choices=JOBS)
     p.add_argument("--runs", type=Path, default=ROOT / "runs" / "labelsets")
-    p.add_argument("--out", type=Path, default=ROOT / "docs" / "labelsets")
+    p.add_argument("--out", type=Path, default=ROOT / "docs" / "studies" / "labelsets")
     args = p.parse_args()
     configure_process()
     results_file = args.out.with_suffix(".json")

@@ -1,8 +1,8 @@
 """Measure learning from unlabelled posts (not a unit test), on gpt2-mini-zh, through the CLI as a
 user runs it:
 
-    python scripts/learn.py pretrain --tokens 0 400000 1200000 --report docs/pretrain
-    python scripts/learn.py active --report docs/active
+    python scripts/learn.py pretrain --tokens 0 400000 1200000 --report docs/studies/pretrain
+    python scripts/learn.py active --report docs/studies/active
 
 ``pretrain``: continued pretraining on the texts of weibo_senti_100k/train.csv,
 smp2020_usual/train_emotion.csv, waimai_10k.csv and online_shopping_9_cats.csv (labels unused;

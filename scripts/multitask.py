@@ -71,7 +71,7 @@ def main() -> None:
     ap.add_argument("--train-rows", type=int, default=6000)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--work", default="runs/multitask")
-    ap.add_argument("--report", default="docs/multitask")
+    ap.add_argument("--report", default="docs/studies/multitask")
     args = ap.parse_args()
     configure_process()  # INFO logging, quiet transformers, every core
     work = Path(args.work)

@@ -2,8 +2,8 @@
 evaluate on its dev split (as is, and emoticons stripped) and on the three human-labelled sets,
 accuracy and expected calibration error (after the run's temperature).
 
-    python scripts/recipe_sweep.py --methods lora --dropouts 0 0.5 1 --report docs/emoticon-dropout
-    python scripts/recipe_sweep.py --methods lora --lrs 5e-4 1e-3 2e-3 --report docs/recipe-sweep
+    python scripts/recipe_sweep.py --methods lora --dropouts 0 0.5 1 --report docs/studies/emoticon-dropout
+    python scripts/recipe_sweep.py --methods lora --lrs 5e-4 1e-3 2e-3 --report docs/studies/recipe-sweep
 
 Every combination of the list options is trained. Reads ../shared (model and data); writes runs
 under --runs and <report>.{json,md}; rows already in <report>.json are kept, not re-trained.
@@ -112,7 +112,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--set", nargs="*", default=[], help="more knobs: key=v1|v2 (a grid)")
     ap.add_argument("--runs", default="runs/recipe-sweep")
-    ap.add_argument("--report", default="docs/recipe-sweep")
+    ap.add_argument("--report", default="docs/studies/recipe-sweep")
     args = ap.parse_args()
     args.base_model = args.base_model or str(args.shared / "models/gpt2-mini-zh")
     configure_process()

@@ -89,7 +89,7 @@ def test_auto_classes_default_and_seeds_style_calls(kind, merged, trained_runs):
 
 
 def test_peft_from_pretrained_on_a_lora_run(trained_runs, tiny_base):
-    """The README's PEFT recipe: the base with the tokenizer's pad id, then the run folder."""
+    """The PEFT recipe of docs/clients.md: the base with the tokenizer's pad id, then the run folder."""
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -193,7 +193,7 @@ def test_six_labels_in_a_stock_pipeline_and_the_auto_classes(kind, merged_six, l
 
 @pytest.mark.parametrize("labels", ["three", "six"])
 def test_peft_from_pretrained_on_n_label_lora_runs(labels, label_runs, tiny_base):  # noqa: F811
-    """The README's PEFT recipe with the run's labels: the base gets id2label, then the run."""
+    """The PEFT recipe of docs/clients.md with the run's labels: the base gets id2label, then the run."""
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 

@@ -403,7 +403,7 @@ def test_web_page_in_a_real_browser(server, local_classifier, tmp_path):
         shot = tmp_path / "page.png"
         page.screenshot(path=str(shot), full_page=True)
         assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-        if os.environ.get("WEIBO_SENTI_SCREENSHOT"):  # keep one for the README
+        if os.environ.get("WEIBO_SENTI_SCREENSHOT"):  # keep one for docs/figures/page.png
             Path(os.environ["WEIBO_SENTI_SCREENSHOT"]).write_bytes(shot.read_bytes())
 
         page.fill("#posts", "  \n ")

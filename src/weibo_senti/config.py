@@ -102,7 +102,7 @@ class TrainConfig(Options):
     label_map: dict[str, str | None] | None = option(
         None, "Rename labels first: happy=positive,surprise= (empty: drop) or a YAML file"
     )
-    class_weights: Literal["none", "balanced"] = option(  # measured: docs/labelsets.md
+    class_weights: Literal["none", "balanced"] = option(  # measured: docs/studies/labelsets.md
         "balanced", "Loss weights per label: balanced (inverse label frequency) | none"
     )
     encoding: NonEmpty | None = option(None, "File encoding (default: detect UTF-8/BOM/UTF-16/GBK)")
@@ -150,7 +150,7 @@ class TrainConfig(Options):
     label_smoothing: float = option(
         0.0, "Label smoothing of the training loss (0: off)", ge=0.0, lt=1.0, allow_inf_nan=False
     )
-    emoticon_dropout: Share = option(  # 0.5: measured, docs/emoticon-dropout.md
+    emoticon_dropout: Share = option(  # 0.5: measured, docs/studies/emoticon-dropout.md
         0.5, "Share of training posts seen without their emoticons, drawn afresh each epoch"
     )
 

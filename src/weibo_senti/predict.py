@@ -40,7 +40,7 @@ class Prediction:
 def default_batch_rows(device: torch.device) -> int:
     """Rows per pass when no batch_size is given: on a CPU the 512-token budget binds first
     (16 rows of short posts); on a GPU 256 rows ran 3x faster than 16 (H100,
-    docs/bulk-bench-gpu.md)."""
+    docs/studies/bulk-bench-gpu.md)."""
     return 16 if device.type == "cpu" else 256
 
 
