@@ -94,6 +94,7 @@ def test_the_site_builds_strictly(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     api = (tmp_path / "site" / "api" / "index.html").read_text(encoding="utf-8")
     assert "predict_logits" in api and "TrainConfig" in api  # the reference was generated
+    assert "add_adapter" in api and "remove_adapter" in api  # from the Loading mixin
     assert (tmp_path / "site" / "figures" / "page.png").is_file()
 
 

@@ -32,8 +32,8 @@ RunBase = Annotated[
 InferPrecision = Annotated[
     str,
     Opt(
-        help="auto (bf16 where the hardware is fast at it, else fp32; int8 for passes where "
-        "a VNNI CPU is faster at it) | fp32 | bf16 | int8 (CPU)"
+        help="auto (the fastest path timed on this machine that agrees with fp32; "
+        "predict --verbose says which) | fp32 | bf16 | int8 (CPU)"
     ),
 ]
 TextColumn = Annotated[str, Opt(help="Text column of the file")]

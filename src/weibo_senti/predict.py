@@ -1,23 +1,24 @@
-"""Inference: ``SentimentClassifier.load(run).predict(texts)``, the console, and batch files."""
+"""Prediction: ``SentimentClassifier.load(run).predict(texts)`` and the console.
+
+The classifier's other jobs live beside it: loading runs and adapters in loading.py, the path
+each pass takes (the measured engine choice and its copies) in engine_paths.py.
+"""
 
 from __future__ import annotations
 
-import copy
-import logging
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from . import autotune, inference, modeling, onnx_runtime, runfolder
+from . import autotune
 from .bank import AdapterBank
+from .engine_paths import EnginePaths
 from .errors import UserError
 from .features import encode, pad_batch, token_budget_batches
+from .loading import Loading
 from .runfolder import RunInfo
-
-log = logging.getLogger("weibo_senti")
 
 
 @dataclass
@@ -44,12 +45,16 @@ def default_batch_rows(device: torch.device) -> int:
     return 16 if device.type == "cpu" else 256
 
 
-class SentimentClassifier:
+class SentimentClassifier(Loading, EnginePaths):
     """A trained run folder, loaded for prediction; lora/adapter runs can share one base.
 
     Adapters on one base may predict different label sets (a binary task, a three-way one,
     six emotions): each answers with its own head and labels (``labels_of``); ``labels`` and
     ``info`` are the active adapter's (a single model's own without adapters).
+
+    Its jobs part three ways: ``Loading`` (loading.py: ``load``, ``add_adapter``,
+    ``remove_adapter``, the adapters' records), ``EnginePaths`` (engine_paths.py: ``tune``,
+    the path each pass takes, the copies it runs) and prediction, here.
     """
 
     def __init__(
@@ -82,222 +87,6 @@ class SentimentClassifier:
         # first use, dropped when adapters change (they hold the weights of the time)
         self._copies: dict[str, object] = {}
         self.merge_single = False  # fold a lone LoRA adapter back in after removals
-
-    @classmethod
-    def load(
-        cls,
-        run: str | Path,
-        base_model: str | None = None,
-        device: str | None = None,
-        precision: str = "auto",
-        merge: bool = True,
-        name: str | None = None,
-        engine: str | None = None,
-        allow_incomplete: bool = False,
-    ):
-        """Load a run folder; lora/adapter runs also need their base (found through the
-        recorded name, absolute path or hub id; ``base_model`` overrides).
-
-        The run's adapter is loaded under ``name`` (default: the folder's name); more can be
-        added with ``add_adapter``. A single LoRA adapter is merged into the base weights
-        unless ``merge=False``. ``precision``: "bf16" runs under bf16 autocast, "int8"
-        runs on dynamically quantized int8 weights (CPU, no further adapters), "auto" is bf16
-        where the hardware has fast bf16 (AMX/AVX512-BF16 CPUs, recent GPUs), else fp32, and
-        on a CPU with VNNI int8 for the passes it is faster at (inference.int8_rows_for_cpu).
-        ``engine`` runs a single model's fp32 and int8 passes on a CPU: "onnxruntime" (the
-        default where `weibo-senti[onnx]` is installed: exported once, cached) or "torch";
-        None reads ``WEIBO_SENTI_ENGINE`` (how the CLI, the server and Ray workers are told).
-        A run that has not finished training is refused unless ``allow_incomplete``.
-        """
-        run = Path(run)
-        info = runfolder.read_info(run)
-        if not allow_incomplete:
-            runfolder.require_complete(run, info)
-        tokenizer = runfolder.run_tokenizer(run, info)
-        device = device or ("cuda" if torch.cuda.is_available() and precision != "int8" else "cpu")
-        requested = precision
-        # "auto" starts in fp32; the measured choice (tune) settles the model's own precision
-        precision = "fp32" if precision == "auto" else inference.resolve(precision, device)
-        if info.method == "full":
-            model = runfolder.load_full_model(run)
-            modeling.check_tokenizer_fits(tokenizer, model.config)
-            model = inference.prepare(model.to(device))
-            clf = cls(model, tokenizer, info, run, precision)
-        else:
-            base = runfolder.resolve_base(run, info, base_model)
-            model = modeling.load_base_classifier(base, tokenizer, info.labels).to(device)
-            clf = cls(model, tokenizer, info, run, precision, AdapterBank(model))
-            clf.add_adapter(name or run.resolve().name, run, allow_incomplete)
-            if precision == "int8":  # quantized weights cannot take adapters any more
-                clf._model, clf.bank = clf.bank.fold(), None
-            elif merge:
-                clf.bank.merge()
-        clf.merge_single = merge
-        engine = engine or os.environ.get("WEIBO_SENTI_ENGINE", "auto")
-        if clf.device.type == "cpu":
-            clf.engine = inference.cpu_engine(engine)
-        clf.tune(requested, engine)
-        return clf
-
-    def tune(self, precision: str = "auto", engine: str = "auto") -> autotune.Choice:
-        """Settle the path each pass takes: measured under "auto" (autotune.choose), else the
-        requested precision on the engine. The flag rules only where timing fails. Adding or
-        removing adapters tunes again (the copies serve a single model only)."""
-        self.requested = (precision, engine)
-        if precision == "int8" and self.device.type != "cpu":
-            raise UserError("--precision int8 runs on a CPU: load with device='cpu'")
-        if precision != "auto":
-            self.choice = autotune.fixed(self.precision, self.engine, f"--precision {precision}")
-            return self.choice
-        request = autotune.Request(
-            self._path_runner,
-            self._candidates(engine),
-            self._shape(),
-            self.device,
-            lambda path: self._copies.pop(path, None),
-        )
-        if "ort-int8" in request.candidates and not onnx_runtime.int8_weight_bits():
-            request.candidates.remove("ort-int8")
-            request.refused["ort-int8"] = "ONNX Runtime's uint8 x int8 matmul saturates here"
-        try:
-            self.choice = autotune.choose(request)
-        except Exception as e:  # noqa: BLE001 - any failure to time leaves the flag rules
-            self._copies.clear()  # what was built for timing
-            why = f"timing failed ({type(e).__name__}: {e})".splitlines()[0][:200]
-            log.warning("could not time the inference paths, using the CPU-flag rules: %s", why)
-            self.choice = autotune.rules_choice(self.device, self.engine, why)
-        self.precision = self.choice.model
-        return self.choice
-
-    def _candidates(self, engine: str) -> list[str]:
-        """The paths "auto" may take: torch's on any device; on a CPU also int8 and ONNX
-        Runtime's, where a single model runs (copies cannot serve several adapters).
-        WEIBO_SENTI_ENGINE=torch or onnxruntime keeps the fp32/int8 paths to that engine."""
-        if self.device.type == "cuda":
-            return ["torch-fp32"] + (["torch-bf16"] if torch.cuda.is_bf16_supported() else [])
-        paths = ["torch-fp32", "torch-bf16"]
-        if self.bank is not None and self.bank.merged is None:
-            return paths
-        if engine != "onnxruntime":
-            paths.append("torch-int8")
-        if self.engine == "onnxruntime":
-            paths = [p for p in paths if p != "torch-fp32"] + ["ort-fp32", "ort-int8"]
-            paths = paths if engine == "onnxruntime" else ["torch-fp32", *paths]
-        return paths
-
-    def _shape(self) -> dict:
-        """What a pass's time depends on besides the machine (autotune's cache key)."""
-        config = self.model.config
-        single = self.bank is None or self.bank.merged is not None
-        return {
-            "layers": config.num_hidden_layers,
-            "width": config.hidden_size,
-            "heads": config.num_attention_heads,
-            "vocab": config.vocab_size,
-            # a full run and a merged LoRA are the same plain model; adapters add their work
-            "body": "plain" if single else "+".join(sorted(set(self.bank.kinds.values()))),
-            "budget": min(self.max_tokens, self.batch_rows * autotune.BATCH_WIDTH),
-            "pad": self.tokenizer.pad_token_id,
-        }
-
-    # ------------------------------------------------------------------ adapters
-    def add_adapter(self, name: str, run: str | Path, allow_incomplete: bool = False) -> None:
-        """Load another lora/adapter run onto the same base (never reloads the base)."""
-        if self.bank is None:
-            raise UserError(
-                "this classifier has no shared base (a full or int8 model): "
-                "load a lora/adapter run with precision fp32/bf16 to add adapters"
-            )
-        run = Path(run)
-        info = runfolder.read_info(run)
-        if not allow_incomplete:
-            runfolder.require_complete(run, info)
-        mine = self._info.base.fingerprint
-        if info.base.fingerprint and mine and not runfolder.same_base(info.base.fingerprint, mine):
-            raise UserError(
-                f"{run} was trained on a different base ({info.base.fingerprint}) than the "
-                f"loaded one ({mine})"
-            )
-        self._check_same_tokenizer(run, info)
-        if name in self.bank.kinds:
-            raise UserError(f"an adapter called '{name}' is already loaded")
-        self._copies.clear()  # they stand for the weights before this adapter
-        # its record first: a server's listing (another thread) never finds it without labels
-        self._infos[name] = info
-        try:  # any label set: the adapter brings its own head, as wide as its labels
-            self.bank.add(name, run, info.method, len(info.labels))
-        except BaseException:
-            del self._infos[name]
-            raise
-        self._retune()
-
-    def _check_same_tokenizer(self, run: Path, info: RunInfo) -> None:
-        """Adapters share the loaded tokenizer: one that splits or pads otherwise is refused."""
-        theirs = runfolder.run_tokenizer(run, info)
-        if theirs.get_vocab() != self.tokenizer.get_vocab():
-            raise UserError(
-                f"{run} was trained with another tokenizer ({len(theirs)} tokens) than the "
-                f"loaded one ({len(self.tokenizer)} tokens)"
-            )
-        if theirs.model_max_length != self.max_length:
-            raise UserError(
-                f"{run} reads up to {theirs.model_max_length} tokens, the loaded run "
-                f"{self.max_length}: serve them from separate processes"
-            )
-
-    def use(self, name: str) -> None:
-        """Make ``name`` the adapter that predict() uses by default."""
-        self._require_bank().use(name)
-
-    def remove_adapter(self, name: str) -> None:
-        """Unload ``name``: its weights go, the base stays as it was before loading it."""
-        self._copies.clear()
-        self._require_bank().remove(name)
-        self._infos.pop(name, None)
-        if self.merge_single:
-            self.bank.merge()
-        self._retune()
-
-    def _retune(self) -> None:
-        """After the adapters changed, the paths open to the model now (load tunes first)."""
-        if self.requested is not None and self.requested[0] == "auto":
-            self.tune(*self.requested)
-
-    @property
-    def adapters(self) -> list[str]:
-        return list(self.bank.kinds) if self.bank else []
-
-    @property
-    def active_adapter(self) -> str | None:
-        return self.bank.active if self.bank else None
-
-    def info_of(self, name: str | None = None) -> RunInfo:
-        """The run record of adapter ``name`` (default: the active one; without adapters the
-        loaded run's)."""
-        if self.bank is None or (name is None and self.bank.active is None):
-            if name is not None:
-                raise UserError("this classifier has no adapters to choose from")
-            return self._info
-        name = name or self.bank.active
-        self.bank.require(name)
-        return self._infos[name]
-
-    def labels_of(self, name: str | None = None) -> list[str]:
-        """The labels adapter ``name`` predicts, in its head's order (default: the active one)."""
-        return list(self.info_of(name).labels)
-
-    @property
-    def info(self) -> RunInfo:
-        return self.info_of()
-
-    @property
-    def labels(self) -> list[str]:
-        return self.labels_of()
-
-    def _require_bank(self) -> AdapterBank:
-        if self.bank is None:
-            raise UserError("this classifier serves a single model without adapters")
-        return self.bank
 
     @property
     def model(self):
@@ -345,53 +134,6 @@ class SentimentClassifier:
     def forward_batch(self, batch: dict) -> torch.Tensor:
         """Logits of one padded batch (``features.pad_batch``) by the active adapter."""
         return self._forward(batch, self._row_adapters(None, len(batch["input_ids"])))
-
-    def _forward(self, batch: dict, names: list[str | None]) -> torch.Tensor:
-        return self._run_path(self.choice.path_for(batch["input_ids"].numel()), batch, names)
-
-    def _run_path(self, path: str, batch: dict, names: list[str | None]) -> torch.Tensor:
-        """One pass on ``path``: a copy's (ort-*, torch-int8) where one model answers every
-        row, else the model itself, under the path's precision if it is torch-fp32/bf16."""
-        engine, precision = autotune.split(path)
-        if engine != "torch" or precision == "int8":  # a copy's path
-            if self._single(names):
-                return self._copy(path)(batch["input_ids"], batch["attention_mask"])
-            precision = self.precision
-        with inference.autocast(precision, self.device):
-            if self.bank is None:
-                return self.model(**batch).logits
-            return self.bank.forward(batch, names)
-
-    def _path_runner(self, path: str):
-        """``path`` as a function of (input_ids, attention_mask), for autotune."""
-
-        def run(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-            batch = {"input_ids": input_ids, "attention_mask": attention_mask}
-            return self._run_path(path, batch, self._row_adapters(None, len(input_ids)))
-
-        return run
-
-    def _single(self, names: list[str | None]) -> bool:
-        """Whether one plain model answers these rows (no adapters, or one merged)."""
-        return self.bank is None or (
-            self.bank.merged is not None and set(names) == {self.bank.merged}
-        )
-
-    def _copy(self, path: str):
-        """The single model's copy for ``path``, built on first use."""
-        if path not in self._copies:
-            engine, precision = autotune.split(path)
-            self._copies[path] = inference.engine_copy(self._plain_model(engine), precision, engine)
-        return self._copies[path]
-
-    def _plain_model(self, engine: str):
-        """The single model without PEFT's wrapping; a copy where the engine changes it."""
-        if self.bank is None:
-            keep = engine == "onnxruntime" or self.precision == "int8"
-            return self._model if keep else copy.deepcopy(self._model)
-        plain = copy.deepcopy(self.bank.peft)
-        plain.unmerge_adapter()
-        return plain.merge_and_unload()
 
     def _row_adapters(self, adapter, n: int) -> list[str | None]:
         if self.bank is None:
