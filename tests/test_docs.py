@@ -107,6 +107,15 @@ def test_the_architecture_page_is_generated_from_the_code():
             assert f"`{module.name}`" in page, module.name
 
 
+def test_the_commands_page_is_generated_from_the_cli():
+    commands = load_script("commands_page")
+    page = (ROOT / "docs" / "commands.md").read_text(encoding="utf-8")
+    assert page == commands.render(), "run: python scripts/commands_page.py"
+    for name in ("train", "pretrain", "select", "evaluate", "predict", "serve", "combine"):
+        assert f"## `{name}`" in page, name
+    assert "`--chunk-rows` | `4096` |" in page  # options with their defaults
+
+
 def test_the_architecture_page_sees_imports_anywhere_in_a_module(tmp_path):
     architecture = load_script("architecture")
     source = tmp_path / "alpha.py"
