@@ -8,7 +8,6 @@ click, as `--help` shows them). tests/test_docs.py checks the committed page aga
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -63,16 +62,10 @@ def render() -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--check", action="store_true", help="only say whether the page is current")
-    args = ap.parse_args()
-    text = render()
-    if args.check:
-        current = PAGE.is_file() and PAGE.read_text(encoding="utf-8") == text
-        print("docs/commands.md is " + ("current" if current else "out of date"))
-        sys.exit(0 if current else 1)
-    PAGE.write_text(text, encoding="utf-8")
-    print(f"wrote {PAGE.relative_to(ROOT)}")
+    sys.path.insert(0, str(Path(__file__).parent))
+    from generated_page import write_or_check
+
+    write_or_check(PAGE, render, __doc__.splitlines()[0])
 
 
 if __name__ == "__main__":
