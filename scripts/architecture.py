@@ -74,10 +74,23 @@ def optional_imports(node: ast.AST) -> set[str]:
     return {EXTRAS[n.split(".")[0]] for n in names if n.split(".")[0] in EXTRAS}
 
 
+def module_level(body: list[ast.stmt]) -> set[ast.stmt]:
+    """Statements run on import: the module's own, and those inside its top-level ``try`` and
+    ``if`` blocks (``try: import pyarrow``), not those inside functions or classes."""
+    found = set()
+    for node in body:
+        found.add(node)
+        if isinstance(node, ast.Try | ast.If):
+            blocks = [node.body, node.orelse, *(getattr(node, "finalbody", []),)]
+            blocks += [h.body for h in getattr(node, "handlers", [])]
+            found |= module_level([n for block in blocks for n in block])
+    return found
+
+
 def scan(path: Path, modules: set[str]) -> dict:
     tree = ast.parse(path.read_text(encoding="utf-8"))
     doc = (ast.get_docstring(tree) or "").split("\n\n")[0]
-    top = set(tree.body)
+    top = module_level(tree.body)
     imports, needs, lazily = set(), set(), set()
     for node in ast.walk(tree):
         imports |= package_imports(node, modules)
@@ -149,7 +162,7 @@ def main() -> None:
     sys.path.insert(0, str(Path(__file__).parent))
     from generated_page import write_or_check
 
-    write_or_check(PAGE, render, __doc__.splitlines()[0])
+    write_or_check(PAGE, render, __doc__.split("\n\n")[0])
 
 
 if __name__ == "__main__":

@@ -30,6 +30,8 @@ def cell(text) -> str:
 def default_of(param) -> str:
     if param.required:
         return "required"
+    if getattr(param, "show_default", None) is False:
+        return ""
     default = param.default
     if default is None or default == [] or default == ():
         return ""
@@ -39,24 +41,30 @@ def default_of(param) -> str:
 def option_rows(command) -> list[str]:
     rows = ["| argument / option | default | what |", "|---|---|---|"]
     for param in command.params:
-        if param.name == "help":
+        if param.name == "help" or getattr(param, "hidden", False):
             continue
         if param.param_type_name == "argument":
             name = f"`{param.name.upper()}`"
         else:
             name = " / ".join(f"`{o}`" for o in [*param.opts, *param.secondary_opts])
-        rows.append(f"| {name} | {default_of(param)} | {cell(getattr(param, 'help', '') or '')} |")
+        what = cell(getattr(param, "help", "") or "")
+        if param.envvar:
+            what += f" (env: `{param.envvar}`)"
+        rows.append(f"| {name} | {default_of(param)} | {what} |")
     return rows
 
 
 def render() -> str:
     import typer
 
+    sys.path.insert(0, str(ROOT / "src"))  # this checkout's CLI, whatever is installed
     from weibo_senti import cli
 
     group = typer.main.get_command(cli.app)
     parts = [INTRO]
     for name, command in group.commands.items():
+        if command.hidden:
+            continue
         parts += [f"## `{name}`", "", cell(command.help or ""), "", *option_rows(command), ""]
     return "\n".join(parts)
 
@@ -65,7 +73,7 @@ def main() -> None:
     sys.path.insert(0, str(Path(__file__).parent))
     from generated_page import write_or_check
 
-    write_or_check(PAGE, render, __doc__.splitlines()[0])
+    write_or_check(PAGE, render, __doc__.split("\n\n")[0])
 
 
 if __name__ == "__main__":

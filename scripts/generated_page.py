@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def write_or_check(page: Path, render, description: str) -> None:
-    ap = argparse.ArgumentParser(description=description)
+    ap = argparse.ArgumentParser(description=" ".join(description.split()))
     ap.add_argument("--check", action="store_true", help="only say whether the page is current")
     args = ap.parse_args()
     text, name = render(), page.relative_to(ROOT)

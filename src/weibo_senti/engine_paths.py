@@ -2,8 +2,9 @@
 autotune.py) and the copies of the single model that the ort-*/torch-int8 paths run.
 
 ``EnginePaths`` is mixed into ``predict.SentimentClassifier``; the state it reads and writes
-(``choice``, ``requested``, ``_copies``, ``engine``, ``precision``) is set in that class's
-``__init__``. Copies hold the weights of their time: adding or removing an adapter drops
+(``choice``, ``requested``, ``_copies``, ``engine``, ``precision``, ``bank``, ``_model``,
+``max_tokens``, ``batch_rows``, the tokenizer) is set in that class's ``__init__``; it uses
+``model``, ``device`` and ``_row_adapters`` from there. Copies hold the weights of their time: adding or removing an adapter drops
 them and tunes again.
 """
 

@@ -1,7 +1,9 @@
 """Loading a run folder into a classifier, and adding or removing adapters on its base.
 
 ``Loading`` is mixed into ``predict.SentimentClassifier``; the state it reads and writes
-(``bank``, ``_infos``, ``_copies``, the tokenizer) is set in that class's ``__init__``.
+(``_model``, ``bank``, ``_info``, ``_infos``, ``_copies``, ``engine``, ``merge_single``, the
+tokenizer and ``max_length``) is set in that class's ``__init__``, and it calls ``tune`` and
+``_retune`` of ``engine_paths.EnginePaths``.
 """
 
 from __future__ import annotations
