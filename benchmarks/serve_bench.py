@@ -6,6 +6,11 @@ concurrent clients; requests/s, p50 and p99 latency, errors, and the ratios at 3
 
     python benchmarks/serve_bench.py                # ours (default settings) and the peer
     python benchmarks/serve_bench.py --servers ours ours-bf16 peer
+    python benchmarks/serve_bench.py --rounds 3 --isa avx2 --out benchmarks/serve-avx2-rounds.json
+
+--rounds N: only the largest client count, the servers taking turns (ours, peer, then peer,
+ours, ...) for N rounds, each server started afresh; prints each round's ratio and the median
+(one run's ratio moves with the host's speed level between the phases).
 """
 
 from __future__ import annotations
@@ -80,6 +85,7 @@ def main() -> None:
     ap.add_argument("--png", help="the figure (default: docs/figures/<--out's name>.png)")
     ap.add_argument("--plot-only", action="store_true", help="re-draw the PNG from --out")
     ap.add_argument("--isa", default="native", help="native, or avx2 (cpu_isa.py)")
+    ap.add_argument("--rounds", type=int, default=0, help="interleaved rounds at max clients")
     args = ap.parse_args()
     restart_with_isa(args.isa)  # the servers inherit the mask
     png = Path(args.png or f"docs/figures/{Path(args.out).stem}.png")  # the speed page shows it
@@ -99,6 +105,8 @@ def main() -> None:
         argparse.Namespace(base_model=None, tokenizer=args.tokenizer),
         Path(tempfile.mkdtemp(prefix="serve-bench-")),
     )
+    if args.rounds:
+        return interleaved(args, run, texts)
     rows = []
     for server in args.servers:
         proc, url = start(run, server)
@@ -114,6 +122,30 @@ def main() -> None:
     Path(args.out).write_text(json.dumps(rows, indent=2))
     plot(rows, png)
     print(table(rows))
+
+
+def interleaved(args, run: Path, texts: list[str]) -> None:
+    """--rounds: the first two servers take turns at the largest client count."""
+    clients, (ours, peer) = max(args.clients), args.servers[:2]
+    rows = []
+    for k in range(args.rounds):
+        for server in (ours, peer) if k % 2 == 0 else (peer, ours):
+            proc, url = start(run, server)
+            try:
+                rows.append(
+                    {"round": k, "server": server, **load(url, texts, clients, args.requests)}
+                )
+            finally:
+                stop(proc)
+            print(json.dumps(rows[-1]), flush=True)
+    rate = {(r["round"], r["server"]): r["req_per_s"] for r in rows}
+    ratios = [rate[k, ours] / rate[k, peer] for k in range(args.rounds)]
+    print(
+        f"{ours} / {peer} at {clients} clients per round: " + ", ".join(f"{x:.2f}x" for x in ratios)
+    )
+    print(f"median {statistics.median(ratios):.2f}x")
+    result = {"clients": clients, "rows": rows, "ratios": ratios}
+    Path(args.out).write_text(json.dumps(result, indent=2))
 
 
 def table(rows: list[dict]) -> str:

@@ -445,7 +445,7 @@ def create_app(
     app.state.telemetry = telemetry
     app.add_middleware(BodyLimit, limit=MAX_BODY)
     app.add_middleware(RequestDeadline, seconds=timeout_request)
-    app.middleware("http")(json_body_and_log)
+    app.add_middleware(JsonBodyAndLog)
     add_error_handlers(app)
     add_routes(app, clf, state)
     add_admin_routes(app, state)
@@ -485,32 +485,51 @@ def busy(message: str):
     return response
 
 
-async def json_body_and_log(request, call_next):
-    t0 = time.perf_counter()
-    if request.url.path in ("/v1/predict", "/v1/explain", "/predict", "/v1/adapters") or (
-        request.url.path == "/" and request.method == "POST"
-    ):
-        # `curl -d '{...}'` sends form encoding: the body is JSON whatever the header says.
-        headers = [(k, v) for k, v in request.scope["headers"] if k != b"content-type"]
-        request.scope["headers"] = headers + [(b"content-type", b"application/json")]
-    response = await call_next(request)
-    seconds = time.perf_counter() - t0
-    ms = round(1000 * seconds, 2)
-    route = route_label(request)
-    request.app.state.telemetry.observe_request(
-        request.method, route, response.status_code, seconds
-    )
-    log.info(
-        json.dumps(
-            {
-                "method": request.method,
-                "path": request.url.path,
-                "status": response.status_code,
-                "ms": ms,
+JSON_PATHS = ("/v1/predict", "/v1/explain", "/predict", "/v1/adapters")
+
+
+class JsonBodyAndLog:
+    """ASGI middleware: a JSON body whatever the Content-Type says (`curl -d` sends form
+    encoding), then one JSON log line and the request metrics per request, once the answer
+    is sent. Plain ASGI rather than `app.middleware("http")`: Starlette's BaseHTTPMiddleware
+    runs every request through a task group and memory streams, and serving at 32 clients
+    was 4% faster without it (median of 3 alternating rounds, AVX2, session 14)."""
+
+    def __init__(self, app):
+        from starlette.requests import Request
+
+        self.app, self.request = app, Request
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        t0, status = time.perf_counter(), 500
+        path, method = scope["path"], scope["method"]
+        if path in JSON_PATHS or (path == "/" and method == "POST"):
+            headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
+            scope["headers"] = headers + [(b"content-type", b"application/json")]
+
+        async def send_and_note(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:  # an exception is answered 500 by Starlette's outermost middleware
+            seconds = time.perf_counter() - t0
+            request = self.request(scope)
+            request.app.state.telemetry.observe_request(
+                method, route_label(request), status, seconds
+            )
+            line = {
+                "method": method,
+                "path": path,
+                "status": status,
+                "ms": round(1000 * seconds, 2),
             }
-        )
-    )
-    return response
+            log.info(json.dumps(line))
 
 
 def route_label(request) -> str:
