@@ -152,8 +152,8 @@ def shaped_batch(rows: int, width: int, vocab_size: int, pad: int, device) -> di
 
 
 def measure(runners: dict[str, Runner], shape: dict, device: torch.device) -> dict[str, dict]:
-    """Each path's lone-post and full-pass milliseconds; paths far slower than the best on a
-    tiny first pass, or failing, are skipped with the reason."""
+    """Each path's lone-post and full-pass milliseconds; paths more than TOO_SLOW times fp32's
+    time on a tiny first pass, or failing, are skipped with the reason."""
     vocab, pad, budget = shape["vocab"], shape["pad"], shape["budget"]
     screen = shaped_batch(1, SCREEN_TOKENS, vocab, pad, device)
     lone = shaped_batch(1, LONE_TOKENS, vocab, pad, device)

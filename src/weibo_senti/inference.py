@@ -33,13 +33,9 @@ def cpu_features() -> set[str]:
     torch's own dispatch sees it (cpuinfo: a masked or emulated CPU too), else as
     /proc/cpuinfo lists it."""
     capabilities = getattr(torch.cpu, "get_capabilities", None)
-    if capabilities is not None:
-        caps = capabilities()
-        seen = {name for name in ("avx2", "avx512_bf16", "amx_tile") if caps.get(name)}
-        return seen | ({"vnni"} if caps.get("avx512_vnni") or caps.get("avx_vnni") else set())
-    flags = cpu_flags()
-    seen = {name for name in ("avx2", "avx512_bf16", "amx_tile") if name in flags}
-    return seen | ({"vnni"} if flags & {"avx512_vnni", "avx_vnni"} else set())
+    has = capabilities() if capabilities is not None else dict.fromkeys(cpu_flags(), True)
+    seen = {name for name in ("avx2", "avx512_bf16", "amx_tile") if has.get(name)}
+    return seen | ({"vnni"} if has.get("avx512_vnni") or has.get("avx_vnni") else set())
 
 
 def cpu_has_fast_bf16() -> bool:
